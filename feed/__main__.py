@@ -1,0 +1,7 @@
+"""``python -m feed``: the tickwire command line."""
+
+import sys
+
+from feed.cli import main
+
+sys.exit(main())

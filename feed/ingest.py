@@ -1,0 +1,201 @@
+"""The ingester and the snapshotter: the two feed-side tasks of the server's nursery.
+
+The ingester takes events from a source and releases them on the source's schedule
+(a replay at ``speed`` times real time, or as fast as possible with ``speed`` None; a
+synthetic market at its rate), stamping each with ``ts_recv`` = its scheduled release
+time, so that a server that falls behind shows it as latency instead of hiding it
+(no coordinated omission). It never waits for a client: publishing only fills bounded
+outboxes.
+
+The snapshotter publishes conflated groups (``interval_ms`` > 0) when they are due.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import trio
+
+from feed.events import Event
+from feed.synthetic import SyntheticMarket
+
+if TYPE_CHECKING:
+    from feed.server import Server
+
+log = logging.getLogger("tickwire.feed")
+
+CHECKPOINT_EVERY = 256  # events applied between two yields to the scheduler when behind
+
+
+class Source(Protocol):
+    """Where events come from."""
+
+    name: str
+    speed: float | None  # multiple of real time; None: as fast as possible
+    loop: bool
+
+    def symbols(self) -> list[str]:
+        """Symbols known before the first event (more may appear later)."""
+        ...
+
+    def events(self, start_ns: int) -> Iterator[tuple[int, Event]]:
+        """One pass: (source time in ns, event) in source-time order. ``start_ns`` is
+        the wall-clock time of the pass's first release."""
+        ...
+
+    def problems(self) -> list[str]:
+        """Damage found in the input since the last call (each with its position)."""
+        ...
+
+
+class SyntheticSource:
+    """A synthetic random-walk market at ``rate`` events per second."""
+
+    loop = False
+
+    def __init__(self, rate: int, symbols: int, seed: int = 0) -> None:
+        self.name = f"synthetic {rate}/s over {symbols} symbols"
+        self.rate = rate
+        self.speed: float | None = 1.0
+        self.market = SyntheticMarket(symbols, seed=seed)
+
+    def symbols(self) -> list[str]:
+        return list(self.market.symbols)
+
+    def events(self, start_ns: int) -> Iterator[tuple[int, Event]]:
+        for snapshot in self.market.snapshots(start_ns):
+            yield start_ns, snapshot
+        period = 1e9 / self.rate
+        i = 1
+        while True:
+            ts = start_ns + int(i * period)
+            yield ts, self.market.next_event(ts)
+            i += 1
+
+    def problems(self) -> list[str]:
+        return []
+
+
+class ReplaySource:
+    """Tick files (native or raw captures), merged in ``ts_recv`` order."""
+
+    def __init__(self, paths: list[Path], speed: float | None, loop: bool) -> None:
+        from replay.sources import EventStream
+
+        self.name = "replay of " + ", ".join(p.name for p in paths)
+        self.paths = paths
+        self.speed = speed
+        self.loop = loop
+        self._stream_type = EventStream
+        self._stream: EventStream | None = None
+        self._reported = 0
+
+    def symbols(self) -> list[str]:
+        return list(self._stream_type(self.paths).symbols())
+
+    def events(self, start_ns: int) -> Iterator[tuple[int, Event]]:
+        self._stream = self._stream_type(self.paths)
+        self._reported = 0
+        for event in self._stream:
+            yield event.ts_recv, event
+
+    def problems(self) -> list[str]:
+        if self._stream is None:
+            return []
+        problems = [str(p) for p in self._stream.problems]
+        new = problems[self._reported:]
+        self._reported = len(problems)
+        return new
+
+
+async def run_ingester(server: Server, source: Source, snapshotter: Snapshotter) -> None:
+    """Feed ``source`` into the server's hub until it ends (or forever, looping)."""
+    hub = server.hub
+    for symbol in source.symbols():
+        hub.add_symbol(symbol)
+    server.feed_state = "running"
+    log.info("feed: %s", source.name)
+    while True:
+        await _one_pass(server, source, snapshotter)
+        if not source.loop:
+            break
+    server.feed_state = "ended"
+    server.broadcast_notice("replay_end", f"the replay ({source.name}) has ended")
+    log.info("feed ended: %s", source.name)
+
+
+async def _one_pass(server: Server, source: Source, snapshotter: Snapshotter) -> None:
+    hub = server.hub
+    clock = server.clock
+    apply_time = server.metrics.apply_time
+    speed = source.speed
+    start_wall = clock()
+    start_trio = trio.current_time()
+    first: int | None = None
+    since_yield = 0
+    for source_ns, event in source.events(start_wall):
+        if first is None:
+            first = source_ns
+        if speed is None:
+            stamp = clock()
+        else:
+            offset_ns = (source_ns - first) / speed
+            release = start_trio + offset_ns / 1e9
+            if release > trio.current_time():
+                snapshotter.notify()
+                _report(server, source)
+                await trio.sleep_until(release)
+                since_yield = 0
+            stamp = start_wall + int(offset_ns)
+        began = time.perf_counter_ns()
+        hub.apply(event, stamp)
+        apply_time.observe(time.perf_counter_ns() - began)
+        since_yield += 1
+        if since_yield >= CHECKPOINT_EVERY:
+            snapshotter.notify()
+            await trio.lowlevel.checkpoint()
+            since_yield = 0
+    _report(server, source)
+
+
+def _report(server: Server, source: Source) -> None:
+    for problem in source.problems():
+        server.metrics.bad_lines += 1
+        log.warning("feed input damaged: %s", problem)
+
+
+class Snapshotter:
+    """Publishes conflated groups when due. ``notify`` after events may have made a
+    group due earlier than the snapshotter is waiting for."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self._wake = trio.Event()
+        self._waiting_for: int | None = None
+
+    def notify(self) -> None:
+        due = self.server.hub.next_due()
+        if due is not None and (self._waiting_for is None or due < self._waiting_for):
+            self._wake.set()
+
+    async def run(self) -> None:
+        hub = self.server.hub
+        clock = self.server.clock
+        while True:
+            self._wake = trio.Event()
+            due = hub.next_due()
+            self._waiting_for = due
+            if due is None:
+                await self._wake.wait()
+                continue
+            delay = (due - clock()) / 1e9
+            if delay > 0:
+                with trio.move_on_after(delay):
+                    await self._wake.wait()
+                continue
+            hub.run_due(clock())
+            await trio.lowlevel.checkpoint()

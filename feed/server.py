@@ -1,0 +1,268 @@
+"""The server: one trio nursery owning the ingester, the snapshotter, the listener and
+one connection task per client (whose sender writes that client's frames).
+
+``Server.run`` serves until ``shutdown`` is called (the CLI calls it on SIGINT or
+SIGTERM): then every client gets a ``notice`` ``shutdown`` and close 1001, and the
+server is gone within ``server.shutdown_timeout_ms``.
+
+Routes on the one port: ``/v1/stream`` (WebSocket; a plain GET gets 426), ``/healthz``,
+``/metrics``, anything else 404. In echo mode every path is a WebSocket echo endpoint
+(for the conformance suite).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+
+import orjson
+import trio
+from prometheus_client.core import Metric
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, RejectConnection, Request
+from wsproto.extensions import Extension
+from wsproto.utilities import RemoteProtocolError
+
+from feed import protocol
+from feed.config import Config
+from feed.echo import EchoSession
+from feed.handshake import (
+    DeflateExtension,
+    HandshakeError,
+    HttpRequest,
+    http_response,
+    read_request,
+)
+from feed.hub import Hub
+from feed.metrics import (
+    Metrics,
+    counter,
+    exposition,
+    gauge,
+    labelled_counter,
+    stage_histogram,
+)
+from feed.session import CLOSE_GOING_AWAY, Session, SessionLimits, SessionStats
+from feed.wsconn import ConnectionLimits, Peer, WebSocketConnection
+from feed.wsframe import Deflater
+
+Clock = Callable[[], int]
+Feed = Callable[["Server"], Awaitable[None]]
+STREAM_PATH = "/v1/stream"
+
+
+@dataclass(frozen=True, slots=True)
+class Listening:
+    """Where the server listens, once it does."""
+
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ws://{host}:{self.port}{STREAM_PATH}"
+
+
+class Server:
+    """One tickwire server process."""
+
+    def __init__(
+        self, config: Config, feed: Feed | None = None, *, clock: Clock = time.time_ns,
+        echo: bool = False,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.echo = echo
+        self.hub = Hub(clock, Deflater(config.compression.level))
+        self.metrics = Metrics()
+        self.session_stats = SessionStats()
+        self.sessions: set[Peer] = set()
+        self.feed_state = "starting"
+        self._feed = feed
+        self._started_ns = clock()
+        self._shutdown = trio.Event()
+        self._idle = trio.Event()
+        self._idle.set()
+        self.render_metrics = exposition(self._metric_families)
+        client = config.client
+        self.session_limits = SessionLimits(
+            max_queued_bytes=client.max_queued_bytes,
+            max_queue_age_ns=client.max_queue_age_ms * 1_000_000,
+            max_behind_ns=client.max_behind_ms * 1_000_000,
+            max_subscriptions=client.max_subscriptions,
+            request_rate=client.request_rate,
+            request_burst=client.request_burst)
+        server = config.server
+        self.connection_limits = ConnectionLimits(
+            max_message_bytes=server.max_message_bytes,
+            heartbeat_s=server.heartbeat_ms / 1000,
+            close_timeout_s=server.close_timeout_ms / 1000,
+            write_batch_bytes=client.write_batch_bytes)
+
+    # -- lifetime ---------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[Listening] = trio.TASK_STATUS_IGNORED,
+                  ) -> None:
+        """Listen, feed and serve until ``shutdown``; report where it listens."""
+        server = self.config.server
+        listeners = await trio.open_tcp_listeners(server.port, host=server.host)
+        sockname = listeners[0].socket.getsockname()
+        async with trio.open_nursery() as nursery:
+            if self._feed is not None:
+                nursery.start_soon(self._feed, self)
+            async with trio.open_nursery() as connections:
+                accept_scope = trio.CancelScope()
+                connections.start_soon(self._accept, listeners, connections, accept_scope)
+                task_status.started(Listening(sockname[0], sockname[1]))
+                await self._shutdown.wait()
+                accept_scope.cancel()
+                await self._close_all()
+                connections.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
+
+    async def _accept(self, listeners: list[trio.SocketListener], nursery: trio.Nursery,
+                      scope: trio.CancelScope) -> None:
+        with scope:
+            await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
+
+    def shutdown(self) -> None:
+        """Begin a graceful shutdown (idempotent)."""
+        self._shutdown.set()
+
+    async def _close_all(self) -> None:
+        now = self.clock()
+        for session in tuple(self.sessions):
+            if isinstance(session, Session):
+                session.send(protocol.notice_message(
+                    "shutdown", "the server is stopping; reconnect elsewhere or later"), now)
+            session.close(CLOSE_GOING_AWAY, "server shutting down")
+        with trio.move_on_after(self.config.server.shutdown_timeout_ms / 1000):
+            await self._idle.wait()
+
+    def broadcast_notice(self, code: str, message: str) -> None:
+        """Send a ``notice`` to every stream client (e.g. ``replay_end``)."""
+        now = self.clock()
+        for session in tuple(self.sessions):
+            if isinstance(session, Session):
+                session.send(protocol.notice_message(code, message), now)
+
+    # -- one connection ---------------------------------------------------------------
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        self.metrics.connections_total += 1
+        try:
+            await self._serve_stream(stream)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(0.5):
+                await stream.aclose()
+
+    async def _serve_stream(self, stream: trio.SocketStream) -> None:
+        server = self.config.server
+        try:
+            with trio.move_on_after(server.handshake_timeout_ms / 1000):
+                request = await read_request(stream, server.max_handshake_bytes)
+                if request is not None:
+                    await self._route(stream, request)
+        except HandshakeError as exc:
+            await self._reply(stream, 400, f"{exc}\n".encode())
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async def _route(self, stream: trio.SocketStream, request: HttpRequest) -> None:
+        path = request.path
+        if request.wants_websocket and (self.echo or path == STREAM_PATH):
+            await self._websocket(stream, request)
+        elif request.method not in ("GET", "HEAD"):
+            await self._reply(stream, 405, b"only GET is served\n")
+        elif path == "/healthz":
+            await self._reply(stream, 200, orjson.dumps(self.health()),
+                              "application/json")
+        elif path == "/metrics":
+            await self._reply(stream, 200, self.render_metrics(),
+                              "text/plain; version=0.0.4; charset=utf-8")
+        elif path == STREAM_PATH or self.echo:
+            await self._reply(stream, 426, b"this endpoint speaks WebSocket only\n",
+                              extra=(("Upgrade", "websocket"),))
+        else:
+            await self._reply(stream, 404, f"no such path: {path}\n".encode())
+
+    async def _reply(self, stream: trio.SocketStream, status: int, body: bytes,
+                     content_type: str = "text/plain; charset=utf-8",
+                     extra: tuple[tuple[str, str], ...] = ()) -> None:
+        self.metrics.http_requests[status] = self.metrics.http_requests.get(status, 0) + 1
+        await stream.send_all(http_response(status, body, content_type, extra))
+
+    async def _websocket(self, stream: trio.SocketStream, request: HttpRequest) -> None:
+        if len(self.sessions) >= self.config.server.max_connections:
+            await self._reply(stream, 503, b"too many connections\n")
+            return
+        ws = WSConnection(ConnectionType.SERVER)
+        try:
+            ws.receive_data(request.raw)
+            upgrade = next((e for e in ws.events() if isinstance(e, Request)), None)
+        except RemoteProtocolError as exc:
+            hint = exc.event_hint
+            status = hint.status_code if isinstance(hint, RejectConnection) else 400
+            await self._reply(stream, status, f"bad WebSocket handshake: {exc}\n".encode(),
+                              extra=(("Sec-WebSocket-Version", "13"),) if status == 426 else ())
+            return
+        if upgrade is None:  # pragma: no cover - read_request returned a whole head
+            await self._reply(stream, 400, b"incomplete WebSocket handshake\n")
+            return
+        deflate = DeflateExtension(self.config.server.max_message_bytes)
+        extensions: list[Extension] = [deflate] if self.config.compression.enabled else []
+        await stream.send_all(ws.send(AcceptConnection(extensions=extensions)))
+        assert ws.connection is not None
+        wbits = deflate.server_max_window_bits if deflate.enabled() else 0
+        session: Peer
+        if self.echo:
+            session = EchoSession(wbits, self.hub.deflater)
+        else:
+            session = Session(self.hub, self.session_limits, wbits=wbits, now_ns=self.clock(),
+                              stats=self.session_stats)
+        self.sessions.add(session)
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        try:
+            await WebSocketConnection(stream, ws.connection, session, self.clock,
+                                      self.connection_limits, self.metrics).run()
+        finally:
+            self.sessions.discard(session)
+            if not self.sessions:
+                self._idle.set()
+
+    # -- health and metrics -----------------------------------------------------------
+
+    def health(self) -> dict[str, object]:
+        return {"status": "ok", "feed": self.feed_state, "symbols": len(self.hub.symbols),
+                "connections": len(self.sessions),
+                "uptime_s": round((self.clock() - self._started_ns) / 1e9, 3)}
+
+    def _metric_families(self) -> Iterator[Metric]:
+        m = self.metrics
+        stats = self.session_stats
+        yield gauge("tickwire_open_connections", "Open WebSocket connections", len(self.sessions))
+        yield counter("tickwire_connections", "WebSocket and HTTP connections accepted",
+                      m.connections_total)
+        yield labelled_counter("tickwire_http_responses", "Plain HTTP responses by status",
+                               "status", m.http_requests)
+        yield counter("tickwire_messages_sent", "Frames written to clients", m.frames_sent)
+        yield counter("tickwire_bytes_sent", "Bytes written to clients", m.bytes_sent)
+        yield counter("tickwire_dropped_messages",
+                      "Queued frames dropped by the lag policy", stats.dropped_frames)
+        yield counter("tickwire_lag_events", "Times a client's outbox went over budget",
+                      stats.lag_resyncs)
+        yield labelled_counter("tickwire_closes", "Close frames sent, by close code", "code",
+                               m.closes)
+        yield labelled_counter("tickwire_events", "Feed events applied, by kind", "kind",
+                               self.hub.stats.events)
+        yield counter("tickwire_requests", "Client requests received", stats.requests)
+        yield counter("tickwire_bad_requests", "Client requests answered with an error",
+                      stats.bad_requests)
+        yield counter("tickwire_feed_bad_lines", "Malformed tick-file lines skipped",
+                      m.bad_lines)
+        yield counter("tickwire_deflate_messages", "Messages compressed (once per group)",
+                      self.hub.deflater.messages)
+        yield stage_histogram({"apply": m.apply_time, "queue": m.queue_wait,
+                               "write": m.write_time})
