@@ -186,8 +186,8 @@ class BookGroup(ViewGroup):
             member.deliver(self.snapshot(reason), self.kind, self.key, now_ns)
 
     def on_gap(self) -> None:
-        """The source lost the book: members wait for the next snapshot."""
-        self.pending.update(self.members)
+        """The source lost the book: nothing is published until its next snapshot,
+        which reaches every member as a ``resync`` snapshot."""
 
     def publish_change(self, bids: list[tuple[str, str]], asks: list[tuple[str, str]],
                        now_ns: int) -> None:

@@ -1,0 +1,37 @@
+"""Test helpers: decode the server's prebuilt frames back into messages."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Any
+
+import orjson
+
+
+def frame_payload(frame: bytes) -> tuple[int, bool, bytes]:
+    """(opcode, compressed, payload) of one unmasked server frame."""
+    first, second = frame[0], frame[1]
+    length = second & 0x7F
+    offset = 2
+    if length == 126:
+        (length,) = struct.unpack("!H", frame[2:4])
+        offset = 4
+    elif length == 127:
+        (length,) = struct.unpack("!Q", frame[2:10])
+        offset = 10
+    payload = frame[offset:offset + length]
+    assert len(payload) == length, "truncated frame"
+    return first & 0x0F, bool(first & 0x40), payload
+
+
+def messages(frames: list[bytes], wbits: int = 15) -> list[dict[str, Any]]:
+    """Decode a list of frames (as an outbox holds them) into message objects."""
+    out: list[dict[str, Any]] = []
+    for frame in frames:
+        _, compressed, payload = frame_payload(frame)
+        if compressed:
+            payload = zlib.decompressobj(-wbits).decompress(payload + b"\x00\x00\xff\xff")
+        decoded = orjson.loads(payload)
+        out.extend(decoded if isinstance(decoded, list) else [decoded])
+    return out

@@ -1,0 +1,73 @@
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from feed.book import Book
+from feed.checksum import book_checksum
+from feed.events import BookDelta, BookSnapshot
+from feed.views import DepthView, level_diff
+
+
+def apply(levels: dict[str, str], changes: list[tuple[str, str]]) -> None:
+    for price, size in changes:
+        if size == "0":
+            levels.pop(price, None)
+        else:
+            levels[price] = size
+
+
+def test_level_diff_sets_changes_and_removes_dropped_levels() -> None:
+    old = [("10", "1"), ("9", "1"), ("8", "1")]
+    new = [("10", "2"), ("9", "1"), ("7", "5")]
+    assert level_diff(old, new) == [("10", "2"), ("7", "5"), ("8", "0")]
+    assert level_diff(new, new) == []
+
+
+def test_a_level_pushed_out_of_depth_is_removed() -> None:
+    book = Book("X")
+    book.apply_snapshot(BookSnapshot("X", (("10", "1"), ("9", "1")), (), 0, 0), 0)
+    view = DepthView(2)
+    view.reset(book)
+    change = book.apply_delta(BookDelta("X", (("11", "3"),), (), 0, 0), 0)
+    assert view.advance(book, change) == ([("11", "3"), ("9", "0")], [])
+    assert view.bids == [("11", "3"), ("10", "1")]
+
+
+def test_changes_beyond_a_full_view_publish_nothing() -> None:
+    book = Book("X")
+    book.apply_snapshot(BookSnapshot("X", (("10", "1"), ("9", "1")), (("11", "1"),), 0, 0), 0)
+    view = DepthView(1)
+    view.reset(book)
+    seq = view.seq
+    change = book.apply_delta(BookDelta("X", (("9", "4"),), (("12", "1"),), 0, 0), 0)
+    assert view.advance(book, change) is None
+    assert view.seq == seq
+
+
+prices = st.integers(min_value=0, max_value=30)
+step = st.tuples(st.lists(st.tuples(prices, st.integers(0, 3)), max_size=4),
+                 st.lists(st.tuples(prices, st.integers(0, 3)), max_size=4))
+
+
+@settings(max_examples=200)
+@given(st.integers(1, 6), st.lists(step, max_size=40))
+def test_updates_keep_a_client_book_equal_to_the_top_levels(depth, steps) -> None:
+    """A client applying every published change holds exactly the server's top
+    ``depth`` levels, with the checksum the server announced."""
+    book = Book("X")
+    book.apply_snapshot(BookSnapshot("X", (), (), 0, 0), 0)
+    view = DepthView(depth)
+    view.reset(book)
+    client_bids: dict[str, str] = {}
+    client_asks: dict[str, str] = {}
+    for bid_steps, ask_steps in steps:
+        bids = tuple((str(100 - p), str(s)) for p, s in bid_steps)
+        asks = tuple((str(101 + p), str(s)) for p, s in ask_steps)
+        change = book.apply_delta(BookDelta("X", bids, asks, 0, 0), 0)
+        published = view.advance(book, change)
+        if published is not None:
+            apply(client_bids, published[0])
+            apply(client_asks, published[1])
+        top_bids, top_asks = book.bids.top(depth), book.asks.top(depth)
+        assert sorted(client_bids.items(), key=lambda lv: -int(lv[0])) == top_bids
+        assert sorted(client_asks.items(), key=lambda lv: int(lv[0])) == top_asks
+        assert view.checksum == book_checksum(top_bids, top_asks, depth)
