@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 from feed.config import Config, ConfigError, load_config, parse_speed
-from feed.ingest import ReplaySource, Snapshotter, SyntheticSource, run_ingester
+from feed.ingest import ReplaySource, SyntheticSource, run_ingester
 from feed.server import Listening, Server
 
 log = logging.getLogger("tickwire")
@@ -100,11 +100,7 @@ async def _serve(config: Config, source: SyntheticSource | ReplaySource | None) 
 
     async def feed(server: Server) -> None:
         assert source is not None
-        snapshotter = Snapshotter(server)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(snapshotter.run)
-            await run_ingester(server, source, snapshotter)
-            await trio.sleep_forever()
+        await run_ingester(server, source)
 
     server = Server(config, None if echo else feed, echo=echo)
     async with trio.open_nursery() as nursery:

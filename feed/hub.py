@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from feed import protocol
@@ -49,6 +50,8 @@ class Hub:
 
     def __init__(self, clock: Clock, deflater: Deflater | None = None) -> None:
         self.clock = clock
+        self.on_due_changed: Callable[[], None] = lambda: None
+        """Called when a conflated group becomes the earliest due (wakes the snapshotter)."""
         self.deflater = deflater or Deflater()
         self.symbols: dict[str, SymbolState] = {}
         self.stats = HubStats()
@@ -111,7 +114,10 @@ class Hub:
             return
         group.dirty = True
         group.scheduled = True
-        heapq.heappush(self._due, (max(due, now), next(self._tiebreak), group))
+        entry = (max(due, now), next(self._tiebreak), group)
+        heapq.heappush(self._due, entry)
+        if self._due[0] is entry:
+            self.on_due_changed()
 
     def next_due(self) -> int | None:
         """When the earliest conflated group is due (ns, the clock's), or ``None``."""

@@ -14,19 +14,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import trio
 
 from feed.events import Event
+from feed.hub import Hub
 from feed.synthetic import SyntheticMarket
 
 if TYPE_CHECKING:
     from feed.server import Server
 
 log = logging.getLogger("tickwire.feed")
+Clock = Callable[[], int]
 
 CHECKPOINT_EVERY = 256  # events applied between two yields to the scheduler when behind
 
@@ -112,7 +114,7 @@ class ReplaySource:
         return new
 
 
-async def run_ingester(server: Server, source: Source, snapshotter: Snapshotter) -> None:
+async def run_ingester(server: Server, source: Source) -> None:
     """Feed ``source`` into the server's hub until it ends (or forever, looping)."""
     hub = server.hub
     for symbol in source.symbols():
@@ -120,7 +122,7 @@ async def run_ingester(server: Server, source: Source, snapshotter: Snapshotter)
     server.feed_state = "running"
     log.info("feed: %s", source.name)
     while True:
-        await _one_pass(server, source, snapshotter)
+        await _one_pass(server, source)
         if not source.loop:
             break
     server.feed_state = "ended"
@@ -128,7 +130,7 @@ async def run_ingester(server: Server, source: Source, snapshotter: Snapshotter)
     log.info("feed ended: %s", source.name)
 
 
-async def _one_pass(server: Server, source: Source, snapshotter: Snapshotter) -> None:
+async def _one_pass(server: Server, source: Source) -> None:
     hub = server.hub
     clock = server.clock
     apply_time = server.metrics.apply_time
@@ -146,7 +148,6 @@ async def _one_pass(server: Server, source: Source, snapshotter: Snapshotter) ->
             offset_ns = (source_ns - first) / speed
             release = start_trio + offset_ns / 1e9
             if release > trio.current_time():
-                snapshotter.notify()
                 _report(server, source)
                 await trio.sleep_until(release)
                 since_yield = 0
@@ -156,7 +157,6 @@ async def _one_pass(server: Server, source: Source, snapshotter: Snapshotter) ->
         apply_time.observe(time.perf_counter_ns() - began)
         since_yield += 1
         if since_yield >= CHECKPOINT_EVERY:
-            snapshotter.notify()
             await trio.lowlevel.checkpoint()
             since_yield = 0
     _report(server, source)
@@ -169,22 +169,24 @@ def _report(server: Server, source: Source) -> None:
 
 
 class Snapshotter:
-    """Publishes conflated groups when due. ``notify`` after events may have made a
-    group due earlier than the snapshotter is waiting for."""
+    """Publishes conflated groups when due; the hub calls ``notify`` when a group
+    becomes due earlier than the snapshotter is waiting for."""
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
+    def __init__(self, hub: Hub, clock: Clock) -> None:
+        self.hub = hub
+        self.clock = clock
         self._wake = trio.Event()
         self._waiting_for: int | None = None
+        hub.on_due_changed = self.notify
 
     def notify(self) -> None:
-        due = self.server.hub.next_due()
+        due = self.hub.next_due()
         if due is not None and (self._waiting_for is None or due < self._waiting_for):
             self._wake.set()
 
     async def run(self) -> None:
-        hub = self.server.hub
-        clock = self.server.clock
+        hub = self.hub
+        clock = self.clock
         while True:
             self._wake = trio.Event()
             due = hub.next_due()

@@ -35,6 +35,7 @@ from feed.handshake import (
     read_request,
 )
 from feed.hub import Hub
+from feed.ingest import Snapshotter
 from feed.metrics import (
     Metrics,
     counter,
@@ -76,6 +77,7 @@ class Server:
         self.clock = clock
         self.echo = echo
         self.hub = Hub(clock, Deflater(config.compression.level))
+        self.snapshotter = Snapshotter(self.hub, clock)
         self.metrics = Metrics()
         self.session_stats = SessionStats()
         self.sessions: set[Peer] = set()
@@ -110,6 +112,7 @@ class Server:
         listeners = await trio.open_tcp_listeners(server.port, host=server.host)
         sockname = listeners[0].socket.getsockname()
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.snapshotter.run)
             if self._feed is not None:
                 nursery.start_soon(self._feed, self)
             async with trio.open_nursery() as connections:

@@ -1,0 +1,249 @@
+"""The server over real loopback sockets, driven by the reference client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+import trio
+
+from clients.book import ClientBook
+from clients.client import Connection, connect
+from clients.errors import ConnectionClosed
+from clients.messages import BookSnapshot as SnapshotMessage
+from clients.messages import BookUpdate as UpdateMessage
+from clients.messages import parse_message
+from feed.config import Config
+from feed.events import BookDelta, BookSnapshot, Trade
+from feed.server import Server
+
+BIDS = tuple((f"{100 - i}", "1") for i in range(20))
+ASKS = tuple((f"{101 + i}", "1") for i in range(20))
+
+
+def make_server(**overrides: Any) -> Server:
+    settings = {"server.port": 0, **overrides}
+    server = Server(Config().with_overrides(settings))
+    for symbol in ("BTC", "ETH"):
+        server.hub.add_symbol(symbol)
+        server.hub.apply(BookSnapshot(symbol, BIDS, ASKS, 1, 1, seq=100), server.clock())
+    return server
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery) -> AsyncIterator[Server]:
+    srv = make_server()
+    srv.url = (await nursery.start(srv.run)).url  # type: ignore[attr-defined]
+    yield srv
+    srv.shutdown()
+
+
+async def start(nursery: trio.Nursery, **overrides: Any) -> tuple[Server, str]:
+    srv = make_server(**overrides)
+    listening = await nursery.start(srv.run)
+    return srv, listening.url
+
+
+async def next_of(conn: Connection, kind: str) -> dict[str, Any]:
+    while True:
+        message = await conn.receive()
+        if message["type"] == kind:
+            return message
+
+
+def tick(server: Server, symbol: str, i: int) -> None:
+    """One book change at the top of the book."""
+    server.hub.apply(BookDelta(symbol, ((f"{100}", f"{i + 2}"),), ((f"{101 + i % 3}", "2"),),
+                               5, 5), server.clock())
+
+
+def verify(book: ClientBook, message: dict[str, Any]) -> None:
+    parsed = parse_message(message)
+    if isinstance(parsed, SnapshotMessage):
+        book.apply_snapshot(parsed)
+    elif isinstance(parsed, UpdateMessage):
+        book.apply_update(parsed)
+
+
+async def test_subscribe_snapshot_then_unbroken_checked_chain(server: Server) -> None:
+    async with connect(server.url) as conn:  # type: ignore[attr-defined]
+        await conn.subscribe("book", ["BTC"], depth=5)
+        subscribed = await conn.receive()
+        assert subscribed == {"type": "subscribed", "id": 1, "channel": "book",
+                              "symbols": ["BTC"], "depth": 5, "interval_ms": 0,
+                              "checksum": True}
+        snapshot = await conn.receive()
+        assert snapshot["type"] == "book_snapshot" and snapshot["reason"] == "subscribe"
+        assert snapshot["bids"] == [list(level) for level in BIDS[:5]]
+        book = ClientBook("BTC", 5)
+        verify(book, snapshot)
+        for i in range(200):
+            tick(server, "BTC", i)
+        for _ in range(200):
+            message = await conn.receive()
+            verify(book, message)  # raises on a broken chain or a wrong checksum
+        assert book.seq == server.hub.book_of("BTC").seq
+        assert book.top(5) == (server.hub.book_of("BTC").bids.top(5),
+                               server.hub.book_of("BTC").asks.top(5))
+
+
+async def test_permessage_deflate_is_negotiated_and_used(server: Server) -> None:
+    async with connect(server.url, compress=True) as conn:  # type: ignore[attr-defined]
+        assert conn.compressed
+        before = server.hub.deflater.messages
+        await conn.subscribe("trades", ["ETH"])
+        await conn.receive()
+        server.hub.apply(Trade("ETH", 7, "101", "0.5", "buy", 1, 1), server.clock())
+        trade = await conn.receive()
+        assert (trade["type"], trade["seq"], trade["trade_id"]) == ("trade", 1, 7)
+        assert server.hub.deflater.messages == before + 2  # the reply and the trade
+    async with connect(server.url, compress=False) as conn:  # type: ignore[attr-defined]
+        assert not conn.compressed
+
+
+async def test_bad_requests_get_errors_and_the_connection_stays(server: Server) -> None:
+    async with connect(server.url) as conn:  # type: ignore[attr-defined]
+        await conn.send_request({"op": "subscribe", "id": 5, "channel": "book",
+                                 "symbols": ["NOPE"]})
+        error = await conn.receive()
+        assert error["type"] == "error" and error["code"] == "unknown_symbol" and error["id"] == 5
+        await conn.send_request({"op": "subscribe", "id": 6, "channel": "candles",
+                                 "symbols": ["BTC"]})
+        assert (await conn.receive())["code"] == "unknown_channel"
+        await conn.send_request({"op": "ping", "id": "p"})
+        pong = await conn.receive()
+        assert pong["type"] == "pong" and pong["id"] == "p" and isinstance(pong["ts"], int)
+
+
+async def test_oversized_request_closes_1009_others_unharmed(nursery: trio.Nursery) -> None:
+    server, url = await start(nursery, **{"server.max_message_bytes": 1024})
+    async with connect(url) as bystander, connect(url) as big:
+        await bystander.subscribe("trades", ["BTC"])
+        await bystander.receive()
+        await big.send_request({"op": "ping", "id": "x" * 2000})
+        with pytest.raises(ConnectionClosed) as closed:
+            await big.receive()
+        assert closed.value.code == 1009
+        server.hub.apply(Trade("BTC", 1, "100", "1", "sell", 1, 1), server.clock())
+        assert (await bystander.receive())["type"] == "trade"
+    server.shutdown()
+
+
+async def test_list_and_unsubscribe(server: Server) -> None:
+    async with connect(server.url) as conn:  # type: ignore[attr-defined]
+        await conn.list()
+        listed = await conn.receive()
+        assert [s["symbol"] for s in listed["symbols"]] == ["BTC", "ETH"]
+        assert listed["symbols"][0]["channels"] == ["book", "trades", "bbo"]
+        await conn.subscribe("trades", ["BTC"])
+        await conn.receive()
+        await conn.unsubscribe("trades", ["BTC"])
+        assert (await conn.receive())["type"] == "unsubscribed"
+        server.hub.apply(Trade("BTC", 1, "100", "1", "sell", 1, 1), server.clock())
+        await conn.ping()
+        assert (await conn.receive())["type"] == "pong"  # and no trade before it
+
+
+async def test_conflation_at_interval_ms(server: Server) -> None:
+    async with connect(server.url) as conn:  # type: ignore[attr-defined]
+        await conn.subscribe("book", ["BTC"], interval_ms=50)
+        await conn.receive()
+        book = ClientBook("BTC", 10)
+        verify(book, await conn.receive())
+        sends = []
+        async with trio.open_nursery() as feeder:
+            async def feed() -> None:
+                for i in range(60):  # a change every 5 ms for 300 ms
+                    tick(server, "BTC", i)
+                    await trio.sleep(0.005)
+                while server.hub.next_due() is not None:  # the trailing update goes out
+                    await trio.sleep(0.01)
+                server.shutdown()
+            feeder.start_soon(feed)
+            try:
+                while True:
+                    message = await conn.receive()
+                    if message["type"] == "book_update":
+                        verify(book, message)
+                        sends.append(message["ts_send"])
+            except ConnectionClosed as closed:
+                assert closed.code == 1001
+        gaps = [(b - a) / 1e6 for a, b in zip(sends, sends[1:], strict=False)]
+        assert 3 <= len(sends) <= 8, sends
+        assert min(gaps) >= 49.0, gaps  # ts_send is the wall clock; allow rounding
+        assert book.top(10)[0] == server.hub.book_of("BTC").bids.top(10)
+
+
+async def test_heartbeat_on_idle_connection(nursery: trio.Nursery) -> None:
+    server, url = await start(nursery, **{"server.heartbeat_ms": 100})
+    async with connect(url) as conn:
+        await conn.subscribe("book", ["ETH"])
+        await conn.receive()
+        snapshot = await conn.receive()
+        with trio.fail_after(2):
+            beat = await next_of(conn, "heartbeat")
+        assert beat["seqs"] == {"book:ETH": snapshot["seq"]}
+    server.shutdown()
+
+
+async def test_shutdown_sends_notice_then_1001(nursery: trio.Nursery) -> None:
+    server, url = await start(nursery)
+    async with connect(url) as a, connect(url) as b:
+        await a.ping()
+        await b.ping()
+        await a.receive()
+        await b.receive()
+        with trio.fail_after(2):
+            server.shutdown()
+            for conn in (a, b):
+                notice = await conn.receive()
+                assert notice["type"] == "notice" and notice["code"] == "shutdown"
+                with pytest.raises(ConnectionClosed) as closed:
+                    await conn.receive()
+                assert closed.value.code == 1001
+
+
+async def http_get(url: str, path: str) -> tuple[int, bytes]:
+    host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        data = b""
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def test_http_routes(server: Server) -> None:
+    url = server.url  # type: ignore[attr-defined]
+    status, body = await http_get(url, "/healthz")
+    assert status == 200 and orjson.loads(body)["status"] == "ok"
+    status, body = await http_get(url, "/metrics")
+    assert status == 200
+    for name in (b"tickwire_open_connections", b"tickwire_messages_sent_total",
+                 b"tickwire_bytes_sent_total", b"tickwire_dropped_messages_total",
+                 b"tickwire_lag_events_total", b"tickwire_stage_latency_seconds_bucket",
+                 b"process_cpu_seconds_total"):
+        assert name in body
+    assert (await http_get(url, "/v1/stream"))[0] == 426
+    assert (await http_get(url, "/nothing"))[0] == 404
+
+
+async def test_a_third_party_client_interoperates(server: Server) -> None:
+    """The `websockets` library (asyncio), with compression, in a thread."""
+    import websockets
+
+    url = server.url  # type: ignore[attr-defined]
+
+    async def client() -> list[dict[str, Any]]:
+        async with websockets.connect(url, compression="deflate") as ws:
+            await ws.send('{"op":"subscribe","id":1,"channel":"bbo","symbols":["BTC"]}')
+            return [orjson.loads(await ws.recv()) for _ in range(2)]
+
+    received = await trio.to_thread.run_sync(asyncio.run, client())
+    assert received[0]["type"] == "subscribed"
+    assert received[1]["type"] == "bbo" and received[1]["bid"] == ["100", "1"]
