@@ -164,10 +164,11 @@ class Server:
     async def _serve_stream(self, stream: trio.SocketStream) -> None:
         server = self.config.server
         try:
+            request = None
             with trio.move_on_after(server.handshake_timeout_ms / 1000):
                 request = await read_request(stream, server.max_handshake_bytes)
-                if request is not None:
-                    await self._route(stream, request)
+            if request is not None:
+                await self._route(stream, request)
         except HandshakeError as exc:
             await self._reply(stream, 400, f"{exc}\n".encode())
         except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -249,3 +249,30 @@ async def test_a_third_party_client_interoperates(server: Server) -> None:
     received = await trio.to_thread.run_sync(asyncio.run, client())
     assert received[0]["type"] == "subscribed"
     assert received[1]["type"] == "bbo" and received[1]["bid"] == ["100", "1"]
+
+
+async def test_a_connection_outlives_the_handshake_deadline(nursery: trio.Nursery) -> None:
+    server, url = await start(nursery, **{"server.handshake_timeout_ms": 200,
+                                          "server.heartbeat_ms": 100})
+    async with connect(url) as conn:
+        await conn.subscribe("trades", ["BTC"])
+        await conn.receive()
+        with trio.fail_after(3):
+            beats = 0
+            while beats < 5:  # 500 ms of heartbeats: well past the handshake deadline
+                beats += (await conn.receive())["type"] == "heartbeat"
+        server.hub.apply(Trade("BTC", 1, "100", "1", "buy", 1, 1), server.clock())
+        assert (await next_of(conn, "trade"))["seq"] == 1
+    server.shutdown()
+
+
+async def test_a_silent_connection_is_dropped_at_the_handshake_deadline(
+        nursery: trio.Nursery) -> None:
+    server, url = await start(nursery, **{"server.handshake_timeout_ms": 100})
+    host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(b"GET /v1/stream HTTP/1.1\r\n")  # and never the rest
+        with trio.fail_after(2):
+            assert await stream.receive_some(100) == b""
+    server.shutdown()
