@@ -87,5 +87,8 @@ def test_any_json_is_a_request_or_a_request_error(value) -> None:
     try:
         parse_request(json.dumps(value))
     except RequestError as exc:
-        assert exc.code in {"bad_request", "unknown_channel"}
-        assert exc.message
+        error = exc
+    else:
+        return
+    assert error.code in {"bad_request", "unknown_channel"}
+    assert error.message

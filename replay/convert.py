@@ -1,0 +1,73 @@
+"""Convert recordings (Binance captures, tick files, any mix) to one tick file.
+
+``convert(paths, dst)`` streams ``open_events(paths)`` into a ``TickWriter``: constant
+memory, so the header carries no time span (``replay.tickfile.inspect`` computes it).
+The header's ``source`` and ``symbols`` are taken from the inputs when they agree.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .capture import probe
+from .lines import Problem, StrPath
+from .sources import SourceKind, detect, open_events
+from .tickfile import TickReader, TickWriter
+
+
+@dataclass(frozen=True, slots=True)
+class ConvertStats:
+    """What a conversion did: events written, damage met, wall time taken."""
+
+    events: int
+    malformed: int
+    problems: tuple[Problem, ...]
+    seconds: float
+
+
+def describe(paths: Sequence[StrPath]) -> tuple[str | None, tuple[str, ...]]:
+    """The ``source`` (when all inputs share one) and the symbols the inputs name."""
+    sources: set[str | None] = set()
+    symbols: dict[str, None] = {}
+    for path in paths:
+        if detect(path) is SourceKind.TICKS:
+            with TickReader(path) as reader:
+                sources.add(reader.header.source)
+                symbols.update(dict.fromkeys(reader.header.symbols))
+        else:
+            info = probe(path)
+            sources.add(None if info is None else f"binance-{info.market}")
+            if info is not None:
+                symbols[info.symbol] = None
+    source = next(iter(sources)) if len(sources) == 1 else None
+    return source, tuple(symbols)
+
+
+def convert(
+    paths: Sequence[StrPath],
+    dst: StrPath,
+    *,
+    source: str | None = None,
+    symbols: Sequence[str] | None = None,
+    level: int | None = None,
+) -> ConvertStats:
+    """Write every event of ``paths`` (merged in ``ts_recv`` order) to the tick file
+    ``dst``, compressed by its name. ``source`` / ``symbols`` default to ``describe``'s.
+
+    Raises what ``open_events`` raises, and ``OSError`` when ``dst`` cannot be written.
+    """
+    started = time.perf_counter()
+    if source is None or symbols is None:
+        found_source, found_symbols = describe(paths)
+        source = found_source if source is None else source
+        symbols = found_symbols if symbols is None else symbols
+    with (
+        open_events(paths) as events,
+        TickWriter(dst, source=source, symbols=symbols, level=level) as writer,
+    ):
+        count = writer.write_all(events)
+        return ConvertStats(
+            count, events.malformed, tuple(events.problems), time.perf_counter() - started
+        )
