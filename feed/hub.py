@@ -42,6 +42,7 @@ class SymbolState:
         self.trades = TradeGroup(symbol, deflater, clock)
 
     def view_groups(self) -> list[ViewGroup]:
+        """A copy: publishing may remove a group whose last member falls behind."""
         return [*self.book_groups.values(), *self.bbo_groups.values()]
 
 
@@ -89,9 +90,10 @@ class Hub:
         elif isinstance(event, BookSnapshot):
             self.stats.events["book_snapshot"] += 1
             state.book.apply_snapshot(event, ts_recv)
-            for book_group in state.book_groups.values():
+            # Copies: a member that falls behind while we publish may empty its group.
+            for book_group in tuple(state.book_groups.values()):
                 book_group.on_reset(state.book, now)
-            for bbo_group in state.bbo_groups.values():
+            for bbo_group in tuple(state.bbo_groups.values()):
                 bbo_group.on_change(state.book, None, now)
         elif isinstance(event, Gap):
             self.stats.events["gap"] += 1
@@ -99,7 +101,7 @@ class Hub:
             notice = protocol.notice_message(
                 "gap", f"the feed lost {event.symbol}'s book; a book_snapshot follows when it "
                 "resumes", event.symbol)
-            for book_group in state.book_groups.values():
+            for book_group in tuple(state.book_groups.values()):
                 book_group.on_gap()
                 book_group.publish(book_group.frame(notice), now)
 

@@ -122,15 +122,20 @@ async def run_ingester(server: Server, source: Source) -> None:
     server.feed_state = "running"
     log.info("feed: %s", source.name)
     while True:
-        await _one_pass(server, source)
+        applied = await _one_pass(server, source)
+        await trio.lowlevel.checkpoint()  # a short looped file must not starve the rest
         if not source.loop:
+            break
+        if not applied:
+            log.warning("feed: %s holds no events; not looping it", source.name)
             break
     server.feed_state = "ended"
     server.broadcast_notice("replay_end", f"the replay ({source.name}) has ended")
     log.info("feed ended: %s", source.name)
 
 
-async def _one_pass(server: Server, source: Source) -> None:
+async def _one_pass(server: Server, source: Source) -> int:
+    """Release one pass of the source; return how many events it applied."""
     hub = server.hub
     clock = server.clock
     apply_time = server.metrics.apply_time
@@ -139,6 +144,7 @@ async def _one_pass(server: Server, source: Source) -> None:
     start_trio = trio.current_time()
     first: int | None = None
     since_yield = 0
+    applied = 0
     for source_ns, event in source.events(start_wall):
         if first is None:
             first = source_ns
@@ -155,11 +161,13 @@ async def _one_pass(server: Server, source: Source) -> None:
         began = time.perf_counter_ns()
         hub.apply(event, stamp)
         apply_time.observe(time.perf_counter_ns() - began)
+        applied += 1
         since_yield += 1
         if since_yield >= CHECKPOINT_EVERY:
             await trio.lowlevel.checkpoint()
             since_yield = 0
     _report(server, source)
+    return applied
 
 
 def _report(server: Server, source: Source) -> None:

@@ -253,3 +253,16 @@ def test_outbox_kinds_are_tagged(hub: Hub, clock) -> None:
     s = session(hub, clock)
     s.handle('{"op":"subscribe","channel":"book","symbols":["BTC"]}', clock())
     assert list(s.outbox.kinds()) == [Kind.CONTROL, Kind.BOOK]
+
+
+def test_a_member_falling_behind_during_a_snapshot_leaves_safely(hub: Hub, clock) -> None:
+    """Publishing a source snapshot to a group whose only member is closed for lag
+    removes the group while the hub is walking the groups."""
+    slow = session(hub, clock, max_queued_bytes=100)
+    request(slow, clock, '{"op":"subscribe","channel":"trades","symbols":["BTC"]}')
+    request(slow, clock, '{"op":"subscribe","channel":"book","symbols":["BTC"],"depth":1}')
+    request(slow, clock, '{"op":"subscribe","channel":"bbo","symbols":["BTC"]}')
+    hub.apply(Trade("BTC", 1, "100", "1", "buy", 1, 1), clock())
+    hub.apply(BookSnapshot("BTC", (("100", "1"),), (("101", "1"),), 1, 1, seq=20), clock())
+    assert slow.state is State.CLOSING and slow.close_code == CLOSE_SLOW_CONSUMER
+    assert not hub.symbols["BTC"].book_groups and not hub.symbols["BTC"].bbo_groups
