@@ -1,0 +1,87 @@
+"""The command line as a user runs it: a real process on a free loopback port."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from clients.client import connect
+from clients.errors import ConnectionClosed
+
+
+@asynccontextmanager
+async def tickwire(*args: str) -> AsyncIterator[tuple[trio.Process, str]]:
+    """Run ``python -m feed ARGS``; yield the process and the URL it printed. The
+    process is always stopped."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "feed", *args], stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL)
+    try:
+        assert process.stdout is not None
+        line = b""
+        with trio.fail_after(10):
+            while not line.endswith(b"\n"):
+                chunk = await process.stdout.receive_some(1)
+                assert chunk, "the server exited before listening"
+                line += chunk
+        text = line.decode().strip()
+        assert text.startswith("listening on ws://127.0.0.1:") and text.endswith("/v1/stream")
+        yield process, text.removeprefix("listening on ")
+    finally:
+        if process.returncode is None:
+            process.kill()
+        with trio.move_on_after(5):
+            await process.wait()
+
+
+async def test_default_serves_a_live_book_and_stops_cleanly_on_sigterm() -> None:
+    async with tickwire("serve", "--port", "0") as (process, url):
+        async with connect(url) as conn:
+            await conn.subscribe("book", ["BTCUSDT"], depth=5)
+            assert (await conn.receive())["type"] == "subscribed"
+            with trio.fail_after(1):
+                snapshot = await conn.receive()
+            assert snapshot["type"] == "book_snapshot" and len(snapshot["bids"]) == 5
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(2):
+                message = await conn.receive()
+                while message["type"] != "notice":
+                    message = await conn.receive()
+                assert message["code"] == "shutdown"
+                with pytest.raises(ConnectionClosed) as closed:
+                    while True:
+                        await conn.receive()
+                assert closed.value.code == 1001
+                assert await process.wait() == 0
+
+
+async def run(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return await trio.run_process([sys.executable, "-m", "feed", *args], capture_stdout=True,
+                                  capture_stderr=True, check=False)
+
+
+async def test_bad_settings_are_refused_at_start_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[client]\nmax_queued_bytez = 5\n")
+    result = await run("serve", "--config", str(config), "--port", "0")
+    assert result.returncode == 2 and b"client.max_queued_bytez" in result.stderr
+    result = await run("serve", "--speed", "fast", "--port", "0")
+    assert result.returncode == 2 and b"feed.speed" in result.stderr
+    result = await run("serve", str(tmp_path / "missing.ticks"), "--port", "0")
+    assert result.returncode == 2 and b"no such file" in result.stderr
+
+
+async def test_echo_sends_messages_back() -> None:
+    async with tickwire("echo", "--port", "0") as (process, url), connect(url) as conn:
+        await conn.send_request({"op": "ping", "id": 42})
+        assert await conn.receive() == {"op": "ping", "id": 42}
+        process.send_signal(signal.SIGINT)
+        with trio.fail_after(3):
+            assert await process.wait() == 0
