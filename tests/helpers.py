@@ -35,3 +35,15 @@ def messages(frames: list[bytes], wbits: int = 15) -> list[dict[str, Any]]:
         decoded = orjson.loads(payload)
         out.extend(decoded if isinstance(decoded, list) else [decoded])
     return out
+
+
+async def read_until_closed(conn: Any) -> tuple[list[dict[str, Any]], int]:
+    """Read a reference-client connection to its end: (messages, close code)."""
+    from clients.errors import ConnectionClosed
+
+    received: list[dict[str, Any]] = []
+    while True:
+        try:
+            received.append(await conn.receive())
+        except ConnectionClosed as closed:
+            return received, closed.code

@@ -11,12 +11,12 @@ import trio
 
 from clients.book import ClientBook
 from clients.client import Connection, Endpoint, connect
-from clients.errors import ConnectionClosed
 from clients.messages import BookSnapshot as SnapshotMessage
 from clients.messages import BookUpdate as UpdateMessage
 from clients.messages import parse_message
 from feed.events import BookDelta, Trade
 from feed.server import Server
+from tests.helpers import read_until_closed
 from tests.test_server import start
 
 MAX_EVENTS = 200_000
@@ -61,24 +61,6 @@ class Reader:
         while self.received < count:
             self.progress = trio.Event()
             await self.progress.wait()
-
-
-async def read_trades_until_closed(
-        conn: Connection) -> tuple[int, list[dict[str, Any]], int]:
-    """Read a trades subscription to its end: (last seq, notices, close code),
-    checking that trade seqs are contiguous."""
-    seq = 0
-    notices = []
-    while True:
-        try:
-            message = await conn.receive()
-        except ConnectionClosed as closed:
-            return seq, notices, closed.code
-        if message["type"] == "trade":
-            assert message["seq"] == seq + 1
-            seq = message["seq"]
-        elif message["type"] == "notice":
-            notices.append(message)
 
 
 def slow_closed(server: Server) -> bool:
@@ -142,7 +124,9 @@ async def test_a_client_that_stops_reading(nursery: trio.Nursery) -> None:
 
         # The slow trades client: contiguous trades, a lag notice, then close 4001.
         with trio.fail_after(10):
-            seq, notices, code = await read_trades_until_closed(slow_trades)
-        assert code == 4001 and 0 < seq < trades
-        assert [n["code"] for n in notices] == ["lag"]
+            received, code = await read_until_closed(slow_trades)
+        seqs = [m["seq"] for m in received if m["type"] == "trade"]
+        assert seqs == list(range(1, len(seqs) + 1)) and 0 < len(seqs) < trades
+        assert [m["code"] for m in received if m["type"] == "notice"] == ["lag"]
+        assert code == 4001
     server.shutdown()

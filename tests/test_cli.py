@@ -9,11 +9,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import pytest
 import trio
 
 from clients.client import connect
-from clients.errors import ConnectionClosed
+from tests.helpers import read_until_closed
 
 
 @asynccontextmanager
@@ -51,15 +50,12 @@ async def test_default_serves_a_live_book_and_stops_cleanly_on_sigterm() -> None
             assert snapshot["type"] == "book_snapshot" and len(snapshot["bids"]) == 5
             process.send_signal(signal.SIGTERM)
             with trio.fail_after(2):
-                message = await conn.receive()
-                while message["type"] != "notice":
-                    message = await conn.receive()
-                assert message["code"] == "shutdown"
-                with pytest.raises(ConnectionClosed) as closed:
-                    while True:
-                        await conn.receive()
-                assert closed.value.code == 1001
+                received, code = await read_until_closed(conn)
                 assert await process.wait() == 0
+            notices = [m for m in received if m["type"] == "notice"]
+            assert code == 1001 and notices == [{
+                "type": "notice", "code": "shutdown",
+                "message": "the server is stopping; reconnect elsewhere or later"}]
 
 
 async def run(*args: str) -> subprocess.CompletedProcess[bytes]:
