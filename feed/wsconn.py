@@ -117,7 +117,8 @@ class WebSocketConnection:
                             size = 0
                             session.handle(message, self.clock())
                     elif isinstance(event, Ping):
-                        self._queue_control(ws.send(event.response()))
+                        if ws.state is ConnectionState.OPEN:  # no pong after our close
+                            self._queue_control(ws.send(event.response()))
                     elif isinstance(event, CloseConnection):
                         self._on_close(event)
         except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -1,0 +1,58 @@
+"""The connection layer driven by a raw wsproto client over memory streams."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+from wsproto import ConnectionType
+from wsproto.connection import Connection
+from wsproto.events import CloseConnection, Ping, Pong, TextMessage
+
+from feed.echo import EchoSession
+from feed.metrics import Metrics
+from feed.wsconn import ConnectionLimits, WebSocketConnection
+from feed.wsframe import Deflater
+
+
+async def test_ping_after_our_close_gets_no_pong_and_no_crash() -> None:
+    server_stream, client_stream = trio.testing.memory_stream_pair()
+    server_ws = Connection(ConnectionType.SERVER)
+    client = Connection(ConnectionType.CLIENT)
+    session = EchoSession(0, Deflater())
+    connection = WebSocketConnection(server_stream, server_ws, session, lambda: 0,
+                                     ConnectionLimits(close_timeout_s=5), Metrics())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(connection.run)
+        await client_stream.send_all(client.send(Ping(b"before")))
+        client.receive_data(await client_stream.receive_some())
+        assert [type(e) for e in client.events()] == [Pong]
+        session.close(1001, "going away")
+        client.receive_data(await client_stream.receive_some())
+        (close,) = client.events()
+        assert isinstance(close, CloseConnection) and close.code == 1001
+        # A ping racing our close: the server must neither answer nor crash ...
+        # (our wsproto client is past sending pings, so a fresh one frames it)
+        await client_stream.send_all(Connection(ConnectionType.CLIENT).send(Ping(b"late")))
+        # ... and the closing handshake still completes.
+        await client_stream.send_all(client.send(close.response()))
+        with trio.fail_after(2):
+            assert await client_stream.receive_some() == b""
+
+
+async def test_echo_of_a_fragmented_text_message() -> None:
+    server_stream, client_stream = trio.testing.memory_stream_pair()
+    client = Connection(ConnectionType.CLIENT)
+    connection = WebSocketConnection(server_stream, Connection(ConnectionType.SERVER),
+                                     EchoSession(0, Deflater()), lambda: 0,
+                                     ConnectionLimits(), Metrics())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(connection.run)
+        await client_stream.send_all(client.send(TextMessage("héllo ", message_finished=False)))
+        await client_stream.send_all(client.send(TextMessage("wörld")))
+        client.receive_data(await client_stream.receive_some())
+        (echo,) = client.events()
+        assert isinstance(echo, TextMessage) and echo.data == "héllo wörld"
+        await client_stream.send_all(client.send(CloseConnection(1000)))
+        client.receive_data(await client_stream.receive_some())
+        (close,) = client.events()
+        assert isinstance(close, CloseConnection) and close.code == 1000
