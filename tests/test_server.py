@@ -276,3 +276,39 @@ async def test_a_silent_connection_is_dropped_at_the_handshake_deadline(
         with trio.fail_after(2):
             assert await stream.receive_some(100) == b""
     server.shutdown()
+
+
+async def raw_request(url: str, data: bytes) -> bytes:
+    """Send raw bytes; return the status line of the answer."""
+    host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(data)
+        answer = b""
+        while chunk := await stream.receive_some(65536):
+            answer += chunk
+    return answer.split(b"\r\n", 1)[0]
+
+
+UPGRADE = (b"GET %s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: %s\r\n\r\n")
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (UPGRADE % (b"/v1/stream", b"8"), b"HTTP/1.1 426 Upgrade Required"),
+        (UPGRADE % (b"/elsewhere", b"13"), b"HTTP/1.1 404 Not Found"),
+        (b"GET /v1/stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+         b"Sec-WebSocket-Version: 13\r\n\r\n", b"HTTP/1.1 400 Bad Request"),
+        (b"garbage\r\n\r\n", b"HTTP/1.1 400 Bad Request"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n",
+         b"HTTP/1.1 400 Bad Request"),
+        (b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+         b"HTTP/1.1 405 Method Not Allowed"),
+    ],
+)
+async def test_bad_handshakes_are_answered_and_closed(server: Server, data: bytes,
+                                                      status: bytes) -> None:
+    with trio.fail_after(2):
+        assert await raw_request(server.url, data) == status  # type: ignore[attr-defined]
