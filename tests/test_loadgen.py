@@ -1,0 +1,138 @@
+"""The load generator: its frame counting without a socket, then one short real run
+against a spawned synthetic server (about 5 s) that must give self-consistent figures
+and leave no process behind."""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import orjson
+import pytest
+import trio
+
+from clients.loadgen import (
+    OP_BINARY,
+    OP_CLOSE,
+    FrameError,
+    FrameReader,
+    LoadConfig,
+    LoadError,
+    ServerLog,
+    decode_messages,
+    metric_by_label,
+    metric_total,
+    parse_metrics,
+    percentile,
+    run,
+)
+
+
+def server_frame(payload: bytes, opcode: int = OP_BINARY, rsv1: bool = False) -> bytes:
+    """An unmasked server frame, FIN set, with the shortest length encoding."""
+    first = 0x80 | (0x40 if rsv1 else 0) | opcode
+    size = len(payload)
+    if size < 126:
+        return bytes((first, size)) + payload
+    if size < 1 << 16:
+        return bytes((first, 126)) + size.to_bytes(2, "big") + payload
+    return bytes((first, 127)) + size.to_bytes(8, "big") + payload
+
+
+def deflated(payload: bytes) -> bytes:
+    """A message as permessage-deflate sends it with no context takeover."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    assert data.endswith(b"\x00\x00\xff\xff")
+    return data[:-4]
+
+
+def message(seq: int, pad: int = 0) -> bytes:
+    return orjson.dumps({"type": "book_update", "seq": seq, "ts_recv": 1, "pad": "x" * pad})
+
+
+def test_counts_every_frame_whatever_the_chunking() -> None:
+    # 7-bit, 16-bit and 64-bit payload lengths, a compressed one, then a close.
+    frames = [server_frame(message(1)), server_frame(message(2, 300)),
+              server_frame(message(3, 70_000)),
+              server_frame(deflated(message(4, 500)), rsv1=True),
+              server_frame((4001).to_bytes(2, "big") + b"slow", OP_CLOSE)]
+    stream = b"".join(frames)
+    for chunk in (5, 1000, len(stream)):
+        reader = FrameReader(sample_every=2)
+        picked = []
+        for i in range(0, len(stream), chunk):
+            picked += reader.feed(stream[i:i + chunk])
+        assert reader.messages == 4 and reader.bytes == len(stream)
+        assert [f.opcode for f in picked] == [OP_BINARY, OP_BINARY, OP_CLOSE]
+        assert [decode_messages(f)[0]["seq"] for f in picked[:2]] == [2, 4]
+        assert picked[1].compressed and picked[2].payload[:2] == b"\x0f\xa1"
+
+
+def test_a_masked_frame_is_refused() -> None:
+    with pytest.raises(FrameError):
+        FrameReader().feed(b"\x82\x81abcdx")
+
+
+def test_figures_helpers() -> None:
+    series = parse_metrics('# HELP x\nprocess_cpu_seconds_total 1.5\n'
+                           'tickwire_closes_total{code="1000"} 3.0\n'
+                           'tickwire_closes_total{code="4001"} 1.0\n')
+    assert metric_total(series, "process_cpu_seconds_total") == 1.5
+    assert metric_total(series, "tickwire_closes_total") == 4
+    assert metric_by_label(series, "tickwire_closes_total") == {"1000": 3, "4001": 1}
+    assert percentile(list(range(1, 101)), 99) == 99
+    assert percentile([5], 50) == 5
+
+
+async def test_config_needs_one_server() -> None:
+    with pytest.raises(LoadError):
+        await run(LoadConfig())
+
+
+async def test_a_short_run_against_a_spawned_server() -> None:
+    log = ServerLog()
+    config = LoadConfig(spawn="--synthetic 500 --symbols 2", connections=4, workers=1,
+                        duration=2.0, warmup=0.5, channel="book", depth=10, compress=True,
+                        sample_every=4)
+    with trio.fail_after(30):
+        report = await run(config, log)
+
+    assert report.workers == 1 and len(report.per_connection) == 4
+    assert report.compressed_connections == 4
+    assert report.symbols == ("SYN-BTC", "SYN-ETH")
+    assert 1.8 < report.window_s < 2.5
+    assert report.messages > 0 and report.bytes > 0
+    assert sum(c.messages for c in report.per_connection) == report.messages
+    assert sum(c.bytes for c in report.per_connection) == report.bytes
+    assert report.messages_per_s == pytest.approx(
+        sum(c.messages_per_s for c in report.per_connection), abs=1)
+    assert (0 < report.per_connection_min <= report.per_connection_median
+            <= report.per_connection_max)
+    assert all(c.error is None and not c.closed_early for c in report.per_connection)
+    # Every subscriber of one group gets the same frames.
+    assert len({c.messages for c in report.per_connection}) <= 2
+
+    lat = report.latency
+    assert lat.samples > 0 and lat.p50_ms is not None and lat.max_ms is not None
+    assert 0 < lat.p50_ms <= lat.max_ms < 5000
+    assert report.sampled_types.get("book_update", 0) > 0 and report.decode_errors == 0
+
+    server = report.server
+    assert server is not None
+    assert server.cpu_us_per_message is not None and server.cpu_us_per_message > 0
+    assert server.cpu_s > 0 and server.messages_sent > 0
+    # What the server counted as sent in the window is what the subscribers counted,
+    # give or take the frames in flight at its two edges.
+    assert abs(server.messages_sent - report.messages) <= 0.1 * report.messages + 20
+    assert server.lag_events == 0 and server.closes == {}
+    assert [w.connections for w in report.worker_figures] == [4]
+    assert 0 < report.worker_figures[0].cpu_cores < 0.9
+
+    # Every process the run started is gone (and reaped).
+    assert report.server_pid is not None
+    for pid in (report.server_pid, report.worker_figures[0].pid):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert any(line.startswith("listening on ") for line in log.lines)
+    assert log.errors == 0
