@@ -138,7 +138,8 @@ async def _one_pass(server: Server, source: Source) -> int:
     """Release one pass of the source; return how many events it applied."""
     hub = server.hub
     clock = server.clock
-    apply_time = server.metrics.apply_time
+    metrics = server.metrics
+    apply_time = metrics.apply_time
     speed = source.speed
     start_wall = clock()
     start_trio = trio.current_time()
@@ -153,10 +154,13 @@ async def _one_pass(server: Server, source: Source) -> int:
         else:
             offset_ns = (source_ns - first) / speed
             release = start_trio + offset_ns / 1e9
-            if release > trio.current_time():
+            late = trio.current_time() - release
+            if late < 0:
                 _report(server, source)
                 await trio.sleep_until(release)
                 since_yield = 0
+                late = 0.0
+            metrics.feed_behind_s = late
             stamp = start_wall + int(offset_ns)
         began = time.perf_counter_ns()
         hub.apply(event, stamp)

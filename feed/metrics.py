@@ -62,8 +62,9 @@ class Metrics:
     bytes_sent: int = 0
     closes: dict[int, int] = field(default_factory=dict)
     bad_lines: int = 0
+    feed_behind_s: float = 0.0
     apply_time: LatencyHistogram = field(default_factory=LatencyHistogram)
-    queue_wait: LatencyHistogram = field(default_factory=LatencyHistogram)
+    due_to_write: LatencyHistogram = field(default_factory=LatencyHistogram)
     write_time: LatencyHistogram = field(default_factory=LatencyHistogram)
 
 
@@ -94,8 +95,10 @@ def labelled_counter(name: str, doc: str, label: str,
 def stage_histogram(stages: dict[str, LatencyHistogram]) -> HistogramMetricFamily:
     family = HistogramMetricFamily(
         "tickwire_stage_latency_seconds",
-        "Per-stage latency: apply (ingest and fan-out of one event), queue (time a frame "
-        "waited in a client's outbox), write (one socket write)", labels=["stage"])
+        "Per-stage latency: apply (ingest and fan-out of one event), due_to_write (from an "
+        "event's release, its ts_recv, to the socket write that carries it: the feed's "
+        "lateness plus the time in the client's outbox), write (one socket write)",
+        labels=["stage"])
     for stage, histogram in stages.items():
         family.add_metric([stage], histogram.buckets(), histogram.total_ns / 1e9)
     return family

@@ -268,5 +268,9 @@ class Server:
                       m.bad_lines)
         yield counter("tickwire_deflate_messages", "Messages compressed (once per group)",
                       self.hub.deflater.messages)
-        yield stage_histogram({"apply": m.apply_time, "queue": m.queue_wait,
+        yield gauge("tickwire_feed_behind_seconds",
+                    "How late the ingester released its last event against the feed's "
+                    "schedule (0 when on time; grows when the server cannot keep up)",
+                    m.feed_behind_s)
+        yield stage_histogram({"apply": m.apply_time, "due_to_write": m.due_to_write,
                                "write": m.write_time})

@@ -178,7 +178,7 @@ class WebSocketConnection:
         chunks, oldest_ns = self.session.outbox.take_batch(self.limits.write_batch_bytes)
         data = b"".join(chunks)
         started = self.clock()
-        self.metrics.queue_wait.observe(started - oldest_ns)
+        self.metrics.due_to_write.observe(started - oldest_ns)
         await self.stream.send_all(data)
         self.metrics.write_time.observe(self.clock() - started)
         self.metrics.frames_sent += len(chunks)

@@ -229,6 +229,7 @@ async def test_http_routes(server: Server) -> None:
     for name in (b"tickwire_open_connections", b"tickwire_messages_sent_total",
                  b"tickwire_bytes_sent_total", b"tickwire_dropped_messages_total",
                  b"tickwire_lag_events_total", b"tickwire_stage_latency_seconds_bucket",
+                 b"tickwire_feed_behind_seconds", b"stage=\"due_to_write\"",
                  b"process_cpu_seconds_total"):
         assert name in body
     assert (await http_get(url, "/v1/stream"))[0] == 426
