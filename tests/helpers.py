@@ -1,12 +1,19 @@
-"""Test helpers: decode the server's prebuilt frames back into messages."""
+"""Test helpers: decode the server's prebuilt frames, a naive book model, reading a
+connection to its close."""
 
 from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterable
+from decimal import Decimal
 from typing import Any
 
 import orjson
+
+from feed.checksum import book_checksum
+
+Level = tuple[str, str]
 
 
 def frame_payload(frame: bytes) -> tuple[int, bool, bytes]:
@@ -47,3 +54,30 @@ async def read_until_closed(conn: Any) -> tuple[list[dict[str, Any]], int]:
             received.append(await conn.receive())
         except ConnectionClosed as closed:
             return received, closed.code
+
+
+class NaiveBook:
+    """The obvious book: a dict per side, sorted on every read. The reference model."""
+
+    def __init__(self, depth: int = 10) -> None:
+        self.depth = depth
+        self.bids: dict[str, str] = {}
+        self.asks: dict[str, str] = {}
+
+    def apply(self, bids: Iterable[Level], asks: Iterable[Level]) -> None:
+        """Set each level's size; size ``"0"`` removes the level."""
+        for side, levels in ((self.bids, bids), (self.asks, asks)):
+            for price, size in levels:
+                if size == "0":
+                    side.pop(price, None)
+                else:
+                    side[price] = size
+
+    def sorted_bids(self) -> list[Level]:
+        return sorted(self.bids.items(), key=lambda lvl: Decimal(lvl[0]), reverse=True)
+
+    def sorted_asks(self) -> list[Level]:
+        return sorted(self.asks.items(), key=lambda lvl: Decimal(lvl[0]))
+
+    def checksum(self) -> int:
+        return book_checksum(self.sorted_bids(), self.sorted_asks(), self.depth)

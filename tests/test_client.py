@@ -12,7 +12,6 @@ import random
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from decimal import Decimal
 from functools import partial
 from typing import Any
 
@@ -43,8 +42,8 @@ from clients.keeper import BookKeeper
 from clients.subscribe import run_subscribe
 from clients.subscription import SubState
 from clients.view import HOME
-from feed.checksum import book_checksum
 from feed.events import Level
+from tests.helpers import NaiveBook
 
 # -- the fake server ---------------------------------------------------------------------
 
@@ -166,27 +165,19 @@ class ServerBook:
     def __init__(self, symbol: str = "BTC", depth: int = 10) -> None:
         self.symbol = symbol
         self.depth = depth
-        self.bids: dict[str, str] = {}
-        self.asks: dict[str, str] = {}
+        self.model = NaiveBook(depth)
         self.seq = 0
 
     def _apply(self, bids: list[Level], asks: list[Level]) -> None:
-        for side, levels in ((self.bids, bids), (self.asks, asks)):
-            for price, size in levels:
-                if size == "0":
-                    side.pop(price, None)
-                else:
-                    side[price] = size
+        self.model.apply(bids, asks)
 
     def _checksum(self) -> int:
-        bids = sorted(self.bids.items(), key=lambda lvl: Decimal(lvl[0]), reverse=True)
-        asks = sorted(self.asks.items(), key=lambda lvl: Decimal(lvl[0]))
-        return book_checksum(bids, asks, self.depth)
+        return self.model.checksum()
 
     def snapshot(
         self, seq: int, bids: list[Level], asks: list[Level], reason: str = "subscribe"
     ) -> dict[str, Any]:
-        self.bids, self.asks, self.seq = {}, {}, seq
+        self.model, self.seq = NaiveBook(self.depth), seq
         self._apply(bids, asks)
         return {
             "type": "book_snapshot", "symbol": self.symbol, "seq": seq, "depth": self.depth,

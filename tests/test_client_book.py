@@ -4,8 +4,6 @@ the session, the codec, the backoff schedule and the view. No trio, no sockets."
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 from decimal import Decimal
 
 import pytest
@@ -23,34 +21,7 @@ from clients.view import format_line, render_ladder, render_screen, render_trade
 from feed.checksum import book_checksum
 from feed.decimals import format_decimal
 from feed.events import Level
-
-# -- a naive server-side book, the reference the client is checked against -----------
-
-
-class NaiveBook:
-    """The obvious implementation: dicts, sorted on every read."""
-
-    def __init__(self, depth: int = 10) -> None:
-        self.depth = depth
-        self.bids: dict[str, str] = {}
-        self.asks: dict[str, str] = {}
-
-    def apply(self, bids: list[Level], asks: list[Level]) -> None:
-        for side, levels in ((self.bids, bids), (self.asks, asks)):
-            for price, size in levels:
-                if size == "0":
-                    side.pop(price, None)
-                else:
-                    side[price] = size
-
-    def sorted_bids(self) -> list[Level]:
-        return sorted(self.bids.items(), key=lambda lvl: Decimal(lvl[0]), reverse=True)
-
-    def sorted_asks(self) -> list[Level]:
-        return sorted(self.asks.items(), key=lambda lvl: Decimal(lvl[0]))
-
-    def checksum(self) -> int:
-        return book_checksum(self.sorted_bids(), self.sorted_asks(), self.depth)
+from tests.helpers import NaiveBook
 
 
 def snapshot(
@@ -474,20 +445,3 @@ def test_render_ladder_and_lines() -> None:
     assert "0.5 @ 100" in trades[0]
     assert format_line(wire_update(2, 1)) == "BTC update seq=2 prev=1 bids  asks "
     assert format_line({"type": "heartbeat", "ts": 1, "seqs": {}}) is None
-
-
-# -- layering -------------------------------------------------------------------------
-
-
-def test_pure_modules_import_neither_trio_nor_sockets() -> None:
-    pure = ["book", "subscription", "session", "messages", "codec", "backoff", "view", "errors"]
-    code = (
-        "import sys\n"
-        + "".join(f"import clients.{name}\n" for name in pure)
-        + "bad = sorted(m for m in ('trio', 'socket', 'wsproto', 'ssl') if m in sys.modules)\n"
-        + "print(','.join(bad))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip() == ""

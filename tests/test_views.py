@@ -5,14 +5,7 @@ from feed.book import Book
 from feed.checksum import book_checksum
 from feed.events import BookDelta, BookSnapshot
 from feed.views import DepthView, level_diff
-
-
-def apply(levels: dict[str, str], changes: list[tuple[str, str]]) -> None:
-    for price, size in changes:
-        if size == "0":
-            levels.pop(price, None)
-        else:
-            levels[price] = size
+from tests.helpers import NaiveBook
 
 
 def test_level_diff_sets_changes_and_removes_dropped_levels() -> None:
@@ -57,17 +50,15 @@ def test_updates_keep_a_client_book_equal_to_the_top_levels(depth, steps) -> Non
     book.apply_snapshot(BookSnapshot("X", (), (), 0, 0), 0)
     view = DepthView(depth)
     view.reset(book)
-    client_bids: dict[str, str] = {}
-    client_asks: dict[str, str] = {}
+    client = NaiveBook(depth)
     for bid_steps, ask_steps in steps:
         bids = tuple((str(100 - p), str(s)) for p, s in bid_steps)
         asks = tuple((str(101 + p), str(s)) for p, s in ask_steps)
         change = book.apply_delta(BookDelta("X", bids, asks, 0, 0), 0)
         published = view.advance(book, change)
         if published is not None:
-            apply(client_bids, published[0])
-            apply(client_asks, published[1])
+            client.apply(*published)
         top_bids, top_asks = book.bids.top(depth), book.asks.top(depth)
-        assert sorted(client_bids.items(), key=lambda lv: -int(lv[0])) == top_bids
-        assert sorted(client_asks.items(), key=lambda lv: int(lv[0])) == top_asks
+        assert client.sorted_bids() == top_bids
+        assert client.sorted_asks() == top_asks
         assert view.checksum == book_checksum(top_bids, top_asks, depth)
