@@ -45,7 +45,7 @@ from feed.metrics import (
     stage_histogram,
 )
 from feed.session import CLOSE_GOING_AWAY, Session, SessionLimits, SessionStats
-from feed.wsconn import ConnectionLimits, Peer, WebSocketConnection
+from feed.wsconn import ConnectionLimits, Flusher, Peer, WebSocketConnection
 from feed.wsframe import Deflater
 
 Clock = Callable[[], int]
@@ -78,6 +78,7 @@ class Server:
         self.echo = echo
         self.hub = Hub(clock, Deflater(config.compression.level))
         self.snapshotter = Snapshotter(self.hub, clock)
+        self.flusher = Flusher()
         self.metrics = Metrics()
         self.session_stats = SessionStats()
         self.sessions: set[Peer] = set()
@@ -113,6 +114,7 @@ class Server:
         sockname = listeners[0].socket.getsockname()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.snapshotter.run)
+            nursery.start_soon(self.flusher.run)
             if self._feed is not None:
                 nursery.start_soon(self._feed, self)
             async with trio.open_nursery() as connections:
@@ -230,7 +232,8 @@ class Server:
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         try:
             await WebSocketConnection(stream, ws.connection, session, self.clock,
-                                      self.connection_limits, self.metrics).run()
+                                      self.connection_limits, self.metrics,
+                                      self.flusher).run()
         finally:
             self.sessions.discard(session)
             if not self.sessions:

@@ -1,10 +1,17 @@
 """Runs one accepted WebSocket connection: one reader task, one sender task.
 
 The reader feeds wsproto, assembles request messages (capped in size as they arrive)
-and hands them to the session; it never writes. The sender is the socket's only
-writer: it takes everything pending in the session's outbox and writes it with one
-``send_all``, sends a heartbeat when the connection has been idle, and performs the
-closing handshake: drain, close frame, wait for the peer's close or a timeout.
+and hands them to the session; it never writes. Writing takes everything pending in the
+session's outbox and writes it as one buffer.
+
+On a TCP socket the writes are direct non-blocking ``os.write`` calls made by the
+server's ``Flusher``: one task that, after each batch of feed events, writes every
+connection that has something pending, with no task switch per client. Only a
+connection whose socket is full involves its own sender task, which waits until the
+socket is writable and finishes the write. The sender task also sends heartbeats when
+the connection is idle and performs the closing handshake: drain, close frame, wait for
+the peer's close or a timeout. On other streams (TLS, in-memory test streams) the
+sender task writes with ``send_all``.
 
 wsproto frames the control messages (pong, close); data frames come prebuilt from the
 session (``feed.wsframe``).
@@ -12,6 +19,7 @@ session (``feed.wsframe``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -56,12 +64,39 @@ class ConnectionLimits:
     read_bytes: int = 65536
 
 
+class Flusher:
+    """Writes every connection marked as having pending data, once per scheduler pass:
+    after the ingester has applied a batch of events and yields, one task writes all
+    the clients, instead of one task switch per client."""
+
+    def __init__(self) -> None:
+        self._dirty: dict[WebSocketConnection, None] = {}
+        self._wake = trio.Event()
+
+    def mark(self, connection: WebSocketConnection) -> None:
+        if not self._dirty:
+            self._wake.set()
+        self._dirty[connection] = None
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            dirty, self._dirty = self._dirty, {}
+            for connection in dirty:
+                connection.flush_nowait()
+
+
 class WebSocketConnection:
-    """One open WebSocket connection between a trio stream and a session."""
+    """One open WebSocket connection between a trio stream and a session.
+
+    With a ``flusher`` and a TCP ``trio.SocketStream``, data is written directly from
+    the flusher (see the module docstring); otherwise by the sender task.
+    """
 
     def __init__(
         self, stream: trio.abc.Stream, ws: Connection, session: Peer, clock: Clock,
-        limits: ConnectionLimits, metrics: Metrics,
+        limits: ConnectionLimits, metrics: Metrics, flusher: Flusher | None = None,
     ) -> None:
         self.stream = stream
         self.ws = ws
@@ -71,10 +106,24 @@ class WebSocketConnection:
         self.metrics = metrics
         self._ready = trio.Event()
         self._peer_closed = trio.Event()
+        self._fd = -1
+        self._flusher = None
+        if flusher is not None and isinstance(stream, trio.SocketStream):
+            self._fd = stream.socket.fileno()
+            self._flusher = flusher
+        self._unsent = b""
+        self._blocked = False  # the socket is full: the sender task waits to write
+        self._broken = False  # a write failed: the peer is gone
+        self._finished = False  # the socket is closed (its fd number may be reused)
+        self._last_send = trio.current_time()
         session.on_ready = self._wake
 
     def _wake(self) -> None:
-        self._ready.set()
+        if (self._flusher is not None and not self._blocked
+                and self.session.state is State.OPEN):
+            self._flusher.mark(self)
+        else:
+            self._ready.set()
 
     async def run(self) -> None:
         """Serve until the connection is closed; the stream is closed on return."""
@@ -84,6 +133,7 @@ class WebSocketConnection:
                 await self._sender()
                 nursery.cancel_scope.cancel()
         finally:
+            self._finished = True
             self.session.closed()
             with trio.CancelScope(shield=True), trio.move_on_after(0.5):
                 await self.stream.aclose()
@@ -147,32 +197,91 @@ class WebSocketConnection:
 
     async def _sender(self) -> None:
         session = self.session
-        outbox = session.outbox
         heartbeat = self.limits.heartbeat_s
-        last_send = trio.current_time()
         try:
-            while session.state is State.OPEN:
-                if not outbox:
-                    self._ready = trio.Event()
-                    deadline = last_send + heartbeat
-                    with trio.move_on_at(deadline):
-                        await self._ready.wait()
-                    if not outbox and session.state is State.OPEN and \
-                            trio.current_time() >= deadline:
-                        session.heartbeat(self.clock())
+            while session.state is State.OPEN and not self._broken:
+                if self._blocked:
+                    await trio.lowlevel.wait_writable(self._fd)
+                    self._blocked = not self._write_nowait()
                     continue
-                await self._write_pending()
-                last_send = trio.current_time()
-            with trio.move_on_after(self.limits.close_timeout_s):
-                while outbox:
+                if session.outbox and self._flusher is None:
                     await self._write_pending()
-                if self.ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
-                    code, reason = session.close_code, session.close_reason
-                    await self.stream.send_all(self.ws.send(CloseConnection(code, reason)))
-                    self.metrics.closes[int(code)] = self.metrics.closes.get(int(code), 0) + 1
-                await self._peer_closed.wait()
+                    continue
+                self._ready = trio.Event()
+                with trio.move_on_at(self._last_send + heartbeat):
+                    await self._ready.wait()
+                if (session.state is State.OPEN and not session.outbox and not self._blocked
+                        and trio.current_time() >= self._last_send + heartbeat):
+                    session.heartbeat(self.clock())
+            if not self._broken:
+                await self._close_handshake()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+
+    async def _close_handshake(self) -> None:
+        """Write what is left, the close frame, and wait for the peer's close."""
+        session = self.session
+        with trio.move_on_after(self.limits.close_timeout_s):
+            if self.ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+                code, reason = session.close_code, session.close_reason
+                frame = self.ws.send(CloseConnection(code, reason))
+                session.outbox.push(frame, Kind.CONTROL, None, self.clock())
+                self.metrics.closes[int(code)] = self.metrics.closes.get(int(code), 0) + 1
+            await self._drain()
+            await self._peer_closed.wait()
+
+    async def _drain(self) -> None:
+        if self._flusher is None:
+            while self.session.outbox:
+                await self._write_pending()
+            return
+        while not self._write_nowait() and not self._broken:
+            await trio.lowlevel.wait_writable(self._fd)
+
+    # -- direct writes (TCP sockets) ---------------------------------------------------
+
+    def flush_nowait(self) -> None:
+        """Write what is pending without waiting (called by the flusher)."""
+        if self._blocked or self._broken or self._finished:
+            return
+        if not self._write_nowait():
+            self._blocked = True
+            self._ready.set()
+
+    def _write_nowait(self) -> bool:
+        """Write pending data until done or the socket is full; True when done (or the
+        connection is broken and nothing more can be written)."""
+        outbox = self.session.outbox
+        metrics = self.metrics
+        data = self._unsent
+        while True:
+            if not data:
+                if not outbox:
+                    return True
+                chunks, oldest_ns = outbox.take_batch(self.limits.write_batch_bytes)
+                data = b"".join(chunks)
+                metrics.frames_sent += len(chunks)
+                metrics.due_to_write.observe(self.clock() - oldest_ns)
+            started = self.clock()
+            try:
+                written = os.write(self._fd, data)
+            except BlockingIOError:
+                written = 0
+            except OSError:
+                self._broken = True
+                self._unsent = b""
+                self._ready.set()
+                return True
+            metrics.write_time.observe(self.clock() - started)
+            metrics.bytes_sent += written
+            self._last_send = trio.current_time()
+            if written < len(data):
+                self._unsent = data[written:]
+                return False
+            data = b""
+            self._unsent = b""
+
+    # -- stream writes (TLS, memory streams) -------------------------------------------
 
     async def _write_pending(self) -> None:
         chunks, oldest_ns = self.session.outbox.take_batch(self.limits.write_batch_bytes)
@@ -183,6 +292,7 @@ class WebSocketConnection:
         self.metrics.write_time.observe(self.clock() - started)
         self.metrics.frames_sent += len(chunks)
         self.metrics.bytes_sent += len(data)
+        self._last_send = trio.current_time()
 
 
 def _join(parts: list[bytes | str], text: bool) -> bytes | str:
