@@ -1,0 +1,77 @@
+"""The command line: ``python -m clients.loadgen`` (options as in docs/performance.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import trio
+
+from clients.loadgen.config import CHANNELS, LoadConfig
+from clients.loadgen.errors import LoadError
+from clients.loadgen.frames import DEFAULT_SAMPLE_EVERY
+from clients.loadgen.report import format_report, report_json
+from clients.loadgen.runner import run
+from clients.loadgen.spawn import ServerLog
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m clients.loadgen",
+                                description="Fan-out load measurement of a tickwire server.")
+    p.add_argument("--url", help="ws://HOST:PORT/v1/stream of a running server")
+    p.add_argument("--spawn", metavar="ARGS",
+                   help='start `python -m feed serve --port 0 ARGS` for the run, e.g. '
+                        '"--synthetic 5000 --symbols 10"')
+    p.add_argument("--connections", type=int, default=100)
+    p.add_argument("--duration", type=float, default=10.0, help="measured window, seconds")
+    p.add_argument("--warmup", type=float, default=2.0,
+                   help="seconds between every connection subscribed and the window")
+    p.add_argument("--workers", type=int, default=0,
+                   help="worker processes (default: one per CPU)")
+    p.add_argument("--channel", choices=CHANNELS, default="book")
+    p.add_argument("--symbols", default="all", help="all, or a comma-separated list")
+    p.add_argument("--depth", type=int, default=10, help="book depth")
+    p.add_argument("--compress", action=argparse.BooleanOptionalAction, default=True,
+                   help="offer permessage-deflate (default: yes)")
+    p.add_argument("--sample-every", type=int, default=DEFAULT_SAMPLE_EVERY, metavar="K",
+                   help="decode one data message in K for latency")
+    p.add_argument("--setup-timeout", type=float, default=30.0)
+    p.add_argument("--json", metavar="OUT", help="write the figures to this file")
+    p.add_argument("--server-log", metavar="FILE",
+                   help="with --spawn: write the server's output to this file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point: 0 measured, 1 not measured, 2 bad usage."""
+    args = _parser().parse_args(argv)
+    symbols = None if args.symbols == "all" else tuple(
+        s.strip() for s in args.symbols.split(",") if s.strip())
+    config = LoadConfig(
+        url=args.url, spawn=args.spawn, connections=args.connections, duration=args.duration,
+        warmup=args.warmup, workers=args.workers, channel=args.channel, symbols=symbols,
+        depth=args.depth, compress=args.compress, sample_every=args.sample_every,
+        setup_timeout=args.setup_timeout)
+    try:
+        config.check()
+    except LoadError as exc:
+        print(f"loadgen: {exc}", file=sys.stderr)
+        return 2
+    log = ServerLog()
+    try:
+        report = trio.run(run, config, log)
+    except LoadError as exc:
+        print(f"loadgen: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("loadgen: interrupted", file=sys.stderr)
+        return 1
+    finally:
+        if args.server_log and args.spawn:
+            with open(args.server_log, "w", encoding="utf-8") as out:
+                out.writelines(f"{line}\n" for line in log.lines)
+    print(format_report(report))
+    if args.json:
+        with open(args.json, "wb") as out:
+            out.write(report_json(report))
+    return 0
