@@ -12,6 +12,7 @@ Routes on the one port: ``/v1/stream`` (WebSocket; a plain GET gets 426), ``/hea
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ from feed.session import CLOSE_GOING_AWAY, Session, SessionLimits, SessionStats
 from feed.wsconn import ConnectionLimits, Flusher, Peer, WebSocketConnection
 from feed.wsframe import Deflater
 
+log = logging.getLogger("tickwire.server")
 Clock = Callable[[], int]
 Feed = Callable[["Server"], Awaitable[None]]
 STREAM_PATH = "/v1/stream"
@@ -159,6 +161,8 @@ class Server:
         self.metrics.connections_total += 1
         try:
             await self._serve_stream(stream)
+        except Exception:  # a bug in one connection must not stop the server
+            log.exception("internal error on a connection; it is dropped")
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(0.5):
                 await stream.aclose()

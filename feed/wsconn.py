@@ -19,6 +19,7 @@ session (``feed.wsframe``).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,9 +36,10 @@ from wsproto.events import (
 
 from feed.metrics import Metrics
 from feed.outbox import Kind, Outbox
-from feed.session import CLOSE_TOO_BIG, State
+from feed.session import CLOSE_INTERNAL_ERROR, CLOSE_TOO_BIG, State
 
 Clock = Callable[[], int]
+log = logging.getLogger("tickwire.connection")
 
 
 class Peer(Protocol):
@@ -165,7 +167,7 @@ class WebSocketConnection:
                             message = _join(parts, isinstance(event, TextMessage))
                             parts.clear()
                             size = 0
-                            session.handle(message, self.clock())
+                            self._handle(message)
                     elif isinstance(event, Ping):
                         if ws.state is ConnectionState.OPEN:  # no pong after our close
                             self._queue_control(ws.send(event.response()))
@@ -177,6 +179,15 @@ class WebSocketConnection:
         self._peer_closed.set()
         if self.ws.state is not ConnectionState.LOCAL_CLOSING:
             connection_scope.cancel()
+
+    def _handle(self, message: bytes | str) -> None:
+        """Hand one request to the session; a bug there closes this connection with
+        1011 and is logged, and the server goes on serving everyone else."""
+        try:
+            self.session.handle(message, self.clock())
+        except Exception:
+            log.exception("internal error handling a request; closing with 1011")
+            self.session.close(CLOSE_INTERNAL_ERROR, "internal error")
 
     def _on_close(self, event: CloseConnection) -> None:
         state = self.ws.state

@@ -19,6 +19,7 @@ from clients.messages import parse_message
 from feed.config import Config
 from feed.events import BookDelta, BookSnapshot, Trade
 from feed.server import Server
+from tests.helpers import read_until_closed
 
 BIDS = tuple((f"{100 - i}", "1") for i in range(20))
 ASKS = tuple((f"{101 + i}", "1") for i in range(20))
@@ -313,3 +314,20 @@ async def test_bad_handshakes_are_answered_and_closed(server: Server, data: byte
                                                       status: bytes) -> None:
     with trio.fail_after(2):
         assert await raw_request(server.url, data) == status  # type: ignore[attr-defined]
+
+
+async def test_an_internal_error_closes_1011_and_spares_the_others(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken() -> list[str]:
+        raise RuntimeError("a bug")
+
+    async with connect(server.url) as bystander, connect(server.url) as victim:  # type: ignore[attr-defined]
+        await bystander.subscribe("trades", ["BTC"])
+        await bystander.receive()
+        monkeypatch.setattr(server.hub, "symbol_list", broken)
+        await victim.list()
+        with trio.fail_after(2):
+            _, code = await read_until_closed(victim)
+        assert code == 1011
+        server.hub.apply(Trade("BTC", 9, "100", "1", "buy", 1, 1), server.clock())
+        assert (await bystander.receive())["trade_id"] == 9
