@@ -46,6 +46,11 @@ class EchoSession:
         self.outbox.push(frame, Kind.CONTROL, None, now_ns)
         self.on_ready()
 
+    def push_control(self, data: bytes, now_ns: int) -> None:
+        if self.state is State.OPEN:
+            self.outbox.push(data, Kind.CONTROL, None, now_ns)
+            self.on_ready()
+
     def heartbeat(self, now_ns: int) -> None:
         """Echo connections carry no heartbeats."""
 

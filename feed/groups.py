@@ -51,9 +51,11 @@ class Group:
     def frame(self, message: protocol.Message) -> Frame:
         return Frame(protocol.encode(message), self._deflater)
 
-    def publish(self, frame: Frame, now_ns: int) -> None:
+    def publish(self, frame: Frame, now_ns: int, kind: Kind | None = None) -> None:
+        """Hand the same frame to every member (as the group's kind unless given)."""
+        kind = self.kind if kind is None else kind
         for member in tuple(self.members):
-            member.deliver(frame, self.kind, self.key, now_ns)
+            member.deliver(frame, kind, self.key, now_ns)
 
     def leave(self, member: Member) -> None:
         self.members.pop(member, None)

@@ -17,6 +17,7 @@ from feed import protocol
 from feed.book import Book
 from feed.events import BookDelta, BookSnapshot, Event, Gap, Trade
 from feed.groups import BboGroup, BookGroup, Clock, Group, Member, TradeGroup, ViewGroup
+from feed.outbox import Kind
 from feed.protocol import BookOptions, RequestError
 from feed.wsframe import Deflater
 
@@ -103,18 +104,19 @@ class Hub:
                 "resumes", event.symbol)
             for book_group in tuple(state.book_groups.values()):
                 book_group.on_gap()
-                book_group.publish(book_group.frame(notice), now)
+                # A control frame: the lag policy must not drop it with the book's.
+                book_group.publish(book_group.frame(notice), now, Kind.CONTROL)
 
     # -- conflation -------------------------------------------------------------------
 
     def _mark_dirty(self, group: ViewGroup, now: int) -> None:
+        group.dirty = True  # even when scheduled: a snapshot may have cleared it since
         if group.scheduled:
             return
         due = group.due_at()
-        if due <= now and not group.dirty:
+        if due <= now:
             group.on_change(self.symbols[group.symbol].book, None, now)
             return
-        group.dirty = True
         group.scheduled = True
         entry = (max(due, now), next(self._tiebreak), group)
         heapq.heappush(self._due, entry)
@@ -145,12 +147,13 @@ class Hub:
         subscribed, or the member would pass ``limit`` subscriptions."""
         unknown = [s for s in request.symbols if s not in self.symbols]
         if unknown:
-            raise RequestError("unknown_symbol", f"unknown symbol {unknown[0]!r}; "
+            raise RequestError("unknown_symbol", f"unknown symbol {protocol.quote(unknown[0])}; "
                                "send {\"op\": \"list\"} for the symbols served", request.id)
         keys = [f"{request.channel}:{s}" for s in request.symbols]
         taken = [k for k in keys if k in current]
         if taken:
-            raise RequestError("already_subscribed", f"already subscribed to {taken[0]}",
+            raise RequestError("already_subscribed",
+                               f"already subscribed to {protocol.quote(taken[0])}",
                                request.id)
         if len(current) + len(keys) > limit:
             raise RequestError("too_many_subscriptions",

@@ -90,6 +90,13 @@ _OPTIONS: Final[dict[str, frozenset[str]]] = {
 _COMMON: Final = frozenset({"op", "id", "channel", "symbols"})
 
 
+def quote(value: Any, limit: int = 40) -> str:
+    """A client's value as shown in an error message: its repr, cut to ``limit``
+    characters (a reply never grows with what the client sent)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def parse_request(data: bytes | str) -> Request:
     """Parse one request message. Raises ``RequestError`` (code ``bad_request``,
     ``unknown_channel``) when it is not a well-formed request."""
@@ -127,7 +134,7 @@ def parse_request(data: bytes | str) -> Request:
         raise
     raise RequestError(
         "bad_request",
-        f"unknown op {op!r}: expected subscribe, unsubscribe, resync, list or ping",
+        f"unknown op {quote(op)}: expected subscribe, unsubscribe, resync, list or ping",
         request_id,
     )
 
@@ -146,7 +153,8 @@ def _request_id(value: Any) -> RequestId:
 def _only(obj: dict[str, Any], allowed: set[str] | frozenset[str]) -> None:
     extra = sorted(set(obj) - allowed)
     if extra:
-        raise RequestError("bad_request", f"unknown field {extra[0]!r} for op {obj['op']!r}")
+        raise RequestError("bad_request",
+                           f"unknown field {quote(extra[0])} for op {quote(obj['op'])}")
 
 
 def _channel(obj: dict[str, Any]) -> Channel:
@@ -160,7 +168,7 @@ def _channel(obj: dict[str, Any]) -> Channel:
     if not isinstance(channel, str):
         raise RequestError("bad_request", "\"channel\" must be one of book, trades, bbo")
     raise RequestError("unknown_channel",
-                       f"unknown channel {channel!r}: expected book, trades or bbo")
+                       f"unknown channel {quote(channel)}: expected book, trades or bbo")
 
 
 def _symbols(obj: dict[str, Any]) -> tuple[str, ...]:

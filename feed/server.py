@@ -145,8 +145,14 @@ class Server:
                 session.send(protocol.notice_message(
                     "shutdown", "the server is stopping; reconnect elsewhere or later"), now)
             session.close(CLOSE_GOING_AWAY, "server shutting down")
-        with trio.move_on_after(self.config.server.shutdown_timeout_ms / 1000):
+        # Leave a margin for cancelling what is left, so the whole stop fits the limit.
+        limit = self.config.server.shutdown_timeout_ms / 1000
+        with trio.move_on_after(max(0.0, limit - 0.25)):
             await self._idle.wait()
+
+    async def wait_no_connections(self) -> None:
+        """Wait until no WebSocket connection is open."""
+        await self._idle.wait()
 
     def broadcast_notice(self, code: str, message: str) -> None:
         """Send a ``notice`` to every stream client (e.g. ``replay_end``)."""
@@ -223,7 +229,12 @@ class Server:
             return
         deflate = DeflateExtension(self.config.server.max_message_bytes)
         extensions: list[Extension] = [deflate] if self.config.compression.enabled else []
-        await stream.send_all(ws.send(AcceptConnection(extensions=extensions)))
+        try:
+            accept = ws.send(AcceptConnection(extensions=extensions))
+        except ValueError as exc:  # a malformed permessage-deflate offer
+            await self._reply(stream, 400, f"bad Sec-WebSocket-Extensions: {exc}\n".encode())
+            return
+        await stream.send_all(accept)
         assert ws.connection is not None
         wbits = deflate.server_max_window_bits if deflate.enabled() else 0
         session: Peer
@@ -264,8 +275,8 @@ class Server:
                       "Queued frames dropped by the lag policy", stats.dropped_frames)
         yield counter("tickwire_lag_events", "Times a client's outbox went over budget",
                       stats.lag_resyncs)
-        yield labelled_counter("tickwire_closes", "Close frames sent, by close code", "code",
-                               m.closes)
+        yield labelled_counter("tickwire_closes", "Close frames sent, by close code (0: a "
+                               "peer's own code 3000-4999 echoed back)", "code", m.closes)
         yield labelled_counter("tickwire_events", "Feed events applied, by kind", "kind",
                                self.hub.stats.events)
         yield counter("tickwire_requests", "Client requests received", stats.requests)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from feed import protocol
-from feed.groups import BboGroup, BookGroup, Group
+from feed.groups import BboGroup, BookGroup, Group, TradeGroup
 from feed.hub import Hub
 from feed.outbox import Kind, Outbox
 from feed.protocol import RequestError
@@ -80,6 +80,7 @@ class Session:
         self.on_ready = on_ready
         self.outbox = Outbox(limits.max_queued_bytes, limits.max_queue_age_ns)
         self.subs: dict[str, Group] = {}
+        self._unsent_seq: dict[str, int] = {}
         self.state = State.OPEN
         self.close_code = CLOSE_NORMAL
         self.close_reason = ""
@@ -131,24 +132,31 @@ class Session:
             self.send(protocol.subscribed_message(request), now_ns)
             for key, group in joins:
                 self.subs[key] = group
+                self._unsent_seq[key] = self._nothing_sent_at(group)
                 self.hub.join(self, group, now_ns)
+            if self.state is not State.OPEN:  # closed for lag while joining
+                self._leave_all()
         elif isinstance(request, protocol.Unsubscribe):
             keys = [f"{request.channel}:{s}" for s in request.symbols]
             missing = [k for k in keys if k not in self.subs]
             if missing:
-                raise RequestError("not_subscribed", f"not subscribed to {missing[0]}", request.id)
+                raise RequestError("not_subscribed",
+                                   f"not subscribed to {protocol.quote(missing[0])}", request.id)
             for key in keys:
                 self.hub.leave(self, self.subs.pop(key))
+                del self._unsent_seq[key]
                 self.outbox.drop_key(key)
             self.send(protocol.unsubscribed_message(request), now_ns)
         elif isinstance(request, protocol.Resync):
             key = f"book:{request.symbol}"
             book_group = self.subs.get(key)
             if not isinstance(book_group, BookGroup):
-                raise RequestError("not_subscribed", f"not subscribed to {key}", request.id)
+                raise RequestError("not_subscribed", f"not subscribed to {protocol.quote(key)}",
+                                   request.id)
             if self.hub.book_of(request.symbol).valid and self not in book_group.pending:
                 self.outbox.drop_key(key)
-                self._push(book_group.snapshot("resync"), Kind.BOOK, key, now_ns)
+                self._push(book_group.snapshot("resync").for_client(self.wbits), Kind.BOOK,
+                           key, now_ns)
             # else: the snapshot follows by itself when the book comes back
         elif isinstance(request, protocol.ListSymbols):
             self.send(protocol.symbols_message(request.id, self.hub.symbol_list()), now_ns)
@@ -160,61 +168,90 @@ class Session:
     def send(self, message: protocol.Message, now_ns: int) -> None:
         """Queue a message for this client only (replies, notices, heartbeats)."""
         if self.state is State.OPEN:
-            frame = Frame(protocol.encode(message), self.hub.deflater)
-            self._push(frame, Kind.CONTROL, None, now_ns)
+            self._push(self._frame(message), Kind.CONTROL, None, now_ns)
+
+    def _frame(self, message: protocol.Message) -> bytes:
+        """This client's frame of a message of its own (compressed if negotiated)."""
+        return Frame(protocol.encode(message), self.hub.deflater).for_client(self.wbits)
+
+    def push_control(self, data: bytes, now_ns: int) -> None:
+        """Queue a control frame the connection built (a pong)."""
+        if self.state is State.OPEN:
+            self._push(data, Kind.CONTROL, None, now_ns)
 
     def deliver(self, frame: Frame, kind: Kind, key: str, now_ns: int) -> None:
         """Queue a published frame; apply the lag policy when over budget."""
-        if self.state is not State.OPEN:
-            return
-        outbox = self.outbox
-        if outbox.push(frame.for_client(self.wbits), kind, key, now_ns):
+        if self.state is State.OPEN:
+            self._push(frame.for_client(self.wbits), kind, key, now_ns)
+
+    def _push(self, data: bytes, kind: Kind, key: str | None, now_ns: int) -> None:
+        if self.outbox.push(data, kind, key, now_ns):
             self._lag(now_ns)
-        elif len(outbox) == 1:
+        elif len(self.outbox) == 1:
             self.on_ready()
 
-    def _push(self, frame: Frame, kind: Kind, key: str | None, now_ns: int) -> None:
-        self.outbox.push(frame.for_client(self.wbits), kind, key, now_ns)
+    def _append(self, data: bytes, kind: Kind, key: str | None, now_ns: int) -> None:
+        """Queue without applying the lag policy (the policy's own frames)."""
+        self.outbox.push(data, kind, key, now_ns)
         if len(self.outbox) == 1:
             self.on_ready()
 
     def _lag(self, now_ns: int) -> None:
         """PROTOCOL.md 4.3-4.4: replace queued book and bbo frames by one fresh
-        snapshot each; a client behind on trades, or behind for too long, gets a
-        ``lag`` notice and close 4001."""
+        snapshot each. A client still over budget without them (behind on its trades,
+        or not reading its replies), or behind for longer than ``max_behind_ns`` of
+        wall-clock time, gets a ``lag`` notice and close 4001."""
         outbox = self.outbox
+        wall = self.hub.clock()
         before = len(outbox)
-        keys = outbox.drop_conflatable(now_ns)
+        keys = outbox.drop_conflatable(wall)
         self.stats.dropped_frames += before - len(outbox)
         self.stats.lag_resyncs += 1
-        if outbox.holds(Kind.TRADE) and outbox.over_budget(now_ns):
-            self._slow("too slow to keep up with its trades", now_ns)
+        if outbox.over_budget(now_ns):
+            what = "its trades" if outbox.holds(Kind.TRADE) else "what it is sent"
+            self._slow(f"too slow to keep up with {what}", now_ns)
             return
         behind_since = outbox.behind_since
-        if behind_since is not None and now_ns - behind_since > self.limits.max_behind_ns:
-            self._slow(f"behind for more than {self.limits.max_behind_ns // 10**9} s", now_ns)
+        if behind_since is not None and wall - behind_since > self.limits.max_behind_ns:
+            self._slow(f"behind for more than {self.limits.max_behind_ns / 1e9:g} s", now_ns)
             return
         for key in keys:
             group = self.subs[key]
             channel, symbol = key.split(":", 1)
-            self.send(protocol.notice_message(
-                "lag", f"connection behind: {channel} of {symbol} restarts from the latest state",
-                symbol), now_ns)
+            notice = protocol.notice_message(
+                "lag", f"connection behind: {channel} of {symbol} restarts from the latest "
+                "state", symbol)
+            self._append(self._frame(notice), Kind.CONTROL, None, now_ns)
             if isinstance(group, BookGroup):
-                if self not in group.pending:
-                    self._push(group.snapshot("lag"), Kind.BOOK, key, now_ns)
+                # During a source gap there is no fresh book: the next source snapshot
+                # reaches this member like every other.
+                if self.hub.book_of(symbol).valid and self not in group.pending:
+                    self._append(group.snapshot("lag").for_client(self.wbits), Kind.BOOK,
+                                 key, now_ns)
             elif isinstance(group, BboGroup):
-                self._push(group.current(), Kind.BBO, key, now_ns)
+                self._append(group.current().for_client(self.wbits), Kind.BBO, key, now_ns)
 
     def _slow(self, why: str, now_ns: int) -> None:
         self.stats.dropped_frames += self.outbox.clear()
-        self.send(protocol.notice_message("lag", f"slow consumer: {why}; disconnecting"), now_ns)
+        notice = protocol.notice_message("lag", f"slow consumer: {why}; disconnecting")
+        self._append(self._frame(notice), Kind.CONTROL, None, now_ns)
         self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
 
+    def _nothing_sent_at(self, group: Group) -> int:
+        """The group seq up to which a new member has been sent nothing: trades join
+        between trades, and a bbo member gets nothing at join when there is no book.
+        Book members are tracked by their group's ``pending`` set instead."""
+        if isinstance(group, TradeGroup) or (
+                isinstance(group, BboGroup) and not self.hub.book_of(group.symbol).valid):
+            return group.seq
+        return -1
+
     def heartbeat(self, now_ns: int) -> None:
-        """Queue a heartbeat: the last seq sent for each subscription."""
+        """Queue a heartbeat: the last seq sent to this connection for each subscription
+        that has been sent something (PROTOCOL.md 4, ``heartbeat``)."""
         seqs = {key: group.seq for key, group in self.subs.items()
-                if not (isinstance(group, BookGroup) and self in group.pending)}
+                if group.seq > self._unsent_seq[key]
+                and not (isinstance(group, BookGroup) and self in group.pending)}
         self.send(protocol.heartbeat_message(now_ns, seqs), now_ns)
 
     # -- closing ----------------------------------------------------------------------
@@ -238,4 +275,5 @@ class Session:
         for group in self.subs.values():
             self.hub.leave(self, group)
         self.subs.clear()
+        self._unsent_seq.clear()
 

@@ -52,6 +52,7 @@ class Peer(Protocol):
     on_ready: Callable[[], None]
 
     def handle(self, data: bytes | str, now_ns: int) -> None: ...
+    def push_control(self, data: bytes, now_ns: int) -> None: ...
     def heartbeat(self, now_ns: int) -> None: ...
     def close(self, code: int, reason: str) -> None: ...
     def closed(self) -> None: ...
@@ -118,11 +119,16 @@ class WebSocketConnection:
         self._broken = False  # a write failed: the peer is gone
         self._finished = False  # the socket is closed (its fd number may be reused)
         self._last_send = trio.current_time()
+        self._write_wait: trio.CancelScope | None = None  # a wait the close interrupts
         session.on_ready = self._wake
 
     def _wake(self) -> None:
-        if (self._flusher is not None and not self._blocked
-                and self.session.state is State.OPEN):
+        if self.session.state is not State.OPEN:
+            # Closing: stop waiting on a full socket; the close handshake has a deadline.
+            self._ready.set()
+            if self._write_wait is not None:
+                self._write_wait.cancel()
+        elif self._flusher is not None and not self._blocked:
             self._flusher.mark(self)
         else:
             self._ready.set()
@@ -153,6 +159,8 @@ class WebSocketConnection:
                 data = await self.stream.receive_some(self.limits.read_bytes)
                 if not data:
                     break
+                if ws.state is ConnectionState.CLOSED:
+                    continue  # after the closing handshake, bytes are discarded
                 ws.receive_data(bytes(data))
                 for event in ws.events():
                     if isinstance(event, Message):
@@ -170,7 +178,8 @@ class WebSocketConnection:
                             self._handle(message)
                     elif isinstance(event, Ping):
                         if ws.state is ConnectionState.OPEN:  # no pong after our close
-                            self._queue_control(ws.send(event.response()))
+                            self.session.push_control(ws.send(event.response()),
+                                                      self.clock())
                     elif isinstance(event, CloseConnection):
                         self._on_close(event)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -200,9 +209,6 @@ class WebSocketConnection:
         else:  # wsproto found a protocol error in what the peer sent
             self.session.close(event.code, event.reason or "")
 
-    def _queue_control(self, data: bytes) -> None:
-        self.session.outbox.push(data, Kind.CONTROL, None, self.clock())
-        self._wake()
 
     # -- writing ----------------------------------------------------------------------
 
@@ -212,11 +218,18 @@ class WebSocketConnection:
         try:
             while session.state is State.OPEN and not self._broken:
                 if self._blocked:
-                    await trio.lowlevel.wait_writable(self._fd)
-                    self._blocked = not self._write_nowait()
+                    with trio.CancelScope() as self._write_wait:
+                        await trio.lowlevel.wait_writable(self._fd)
+                        self._blocked = not self._write_nowait()
+                    self._write_wait = None
                     continue
                 if session.outbox and self._flusher is None:
-                    await self._write_pending()
+                    scope = self._write_wait = trio.CancelScope()
+                    with scope:
+                        await self._write_pending()
+                    self._write_wait = None
+                    if scope.cancelled_caught:
+                        self._broken = True  # a frame may be cut: no clean close possible
                     continue
                 self._ready = trio.Event()
                 with trio.move_on_at(self._last_send + heartbeat):
@@ -237,7 +250,8 @@ class WebSocketConnection:
                 code, reason = session.close_code, session.close_reason
                 frame = self.ws.send(CloseConnection(code, reason))
                 session.outbox.push(frame, Kind.CONTROL, None, self.clock())
-                self.metrics.closes[int(code)] = self.metrics.closes.get(int(code), 0) + 1
+                label = int(code) if int(code) < 3000 or int(code) in (4001, 4003) else 0
+                self.metrics.closes[label] = self.metrics.closes.get(label, 0) + 1
             await self._drain()
             await self._peer_closed.wait()
 

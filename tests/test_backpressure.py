@@ -130,3 +130,24 @@ async def test_a_client_that_stops_reading(nursery: trio.Nursery) -> None:
         assert [m["code"] for m in received if m["type"] == "notice"] == ["lag"]
         assert code == 4001
     server.shutdown()
+
+
+async def test_a_stalled_client_is_disconnected_within_the_close_timeout(
+        nursery: trio.Nursery) -> None:
+    """A client that never reads again still loses its connection: the close frame
+    cannot be written, so the connection is dropped at the close deadline."""
+    server, url = await start(nursery, **{
+        "client.max_queued_bytes": 1 << 20, "server.close_timeout_ms": 300})
+    async with connect(url, compress=False, open_stream=small_window) as stalled:
+        await stalled.subscribe("trades", ["BTC"])
+        for i in range(MAX_EVENTS):
+            if slow_closed(server):
+                break
+            server.hub.apply(Trade("BTC", i, "100", "1", "buy", 1, 1), server.clock())
+            if i % 64 == 63:
+                await trio.lowlevel.checkpoint()
+        else:
+            pytest.fail("the client never fell behind")
+        with trio.fail_after(2):  # close_timeout is 0.3 s
+            await server.wait_no_connections()
+    server.shutdown()

@@ -308,6 +308,9 @@ UPGRADE = (b"GET %s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upg
          b"HTTP/1.1 400 Bad Request"),
         (b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
          b"HTTP/1.1 405 Method Not Allowed"),
+        (UPGRADE.replace(b"\r\n\r\n", b"\r\nSec-WebSocket-Extensions: permessage-deflate; "
+                         b"server_max_window_bits=x\r\n\r\n") % (b"/v1/stream", b"13"),
+         b"HTTP/1.1 400 Bad Request"),
     ],
 )
 async def test_bad_handshakes_are_answered_and_closed(server: Server, data: bytes,

@@ -216,13 +216,61 @@ def test_request_flood_is_rate_limited_then_closed(hub: Hub, clock) -> None:
     assert request(s2, clock, '{"op":"ping","id":1}')[-1]["type"] == "pong"
 
 
-def test_heartbeat_reports_last_seqs(hub: Hub, clock) -> None:
+def test_heartbeat_reports_the_last_seqs_sent(hub: Hub, clock) -> None:
+    for i in range(7):  # trades before the subscription: never sent to it
+        hub.apply(Trade("BTC", i, "100", "1", "buy", 1, 1), clock())
     s = session(hub, clock)
     request(s, clock, '{"op":"subscribe","channel":"book","symbols":["BTC"]}')
     request(s, clock, '{"op":"subscribe","channel":"trades","symbols":["BTC"]}')
     s.heartbeat(clock())
     (beat,) = drain(s)
-    assert beat == {"type": "heartbeat", "ts": clock.now, "seqs": {"book:BTC": 10, "trades:BTC": 0}}
+    assert beat == {"type": "heartbeat", "ts": clock.now, "seqs": {"book:BTC": 10}}
+    hub.apply(Trade("BTC", 8, "100", "1", "buy", 1, 1), clock())
+    drain(s)
+    s.heartbeat(clock())
+    assert drain(s)[0]["seqs"] == {"book:BTC": 10, "trades:BTC": 8}
+
+
+def test_an_old_unread_reply_does_not_retrigger_the_lag_policy(hub: Hub, clock) -> None:
+    s = session(hub, clock, max_queue_age_ns=50 * MS)
+    s.handle('{"op":"subscribe","channel":"book","symbols":["BTC"]}', clock())
+    clock.now += 100 * MS  # the reply and snapshot wait unread: the snapshot is old
+    hub.apply(BookDelta("BTC", (("100", "2"),), (), 1, 1, seq=11), clock())
+    assert s.stats.lag_resyncs == 1  # the old snapshot: one lag, replaced by a fresh one
+    for i in range(20):  # fresh updates behind old control frames: no more lag
+        clock.now += MS
+        hub.apply(BookDelta("BTC", (("100", str(i + 3)),), (), 1, 1, seq=12 + i), clock())
+    assert s.stats.lag_resyncs == 1 and s.state is State.OPEN
+
+
+def test_a_client_not_reading_its_replies_is_closed_4001(hub: Hub, clock) -> None:
+    s = session(hub, clock, max_queued_bytes=2000)
+    for _ in range(100):  # pings, say, that it never reads the pongs of
+        s.push_control(b"\x8a\x7d" + b"x" * 125, clock())
+        if s.state is not State.OPEN:
+            break
+    assert s.state is State.CLOSING and s.close_code == CLOSE_SLOW_CONSUMER
+    assert s.outbox.queued_bytes < 2000
+
+
+def test_gap_notice_survives_lag_and_no_stale_snapshot_is_sent(hub: Hub, clock) -> None:
+    hub.add_symbol("ETH")
+    hub.apply(BookSnapshot("ETH", (("10", "1"),), (("11", "1"),), 1, 1), clock())
+    s = session(hub, clock, max_queued_bytes=3000)
+    request(s, clock, '{"op":"subscribe","channel":"book","symbols":["BTC","ETH"]}')
+    hub.apply(Gap("BTC", 1, 1), clock())
+    for i in range(40):  # ETH traffic makes the client lag while BTC is in its gap
+        hub.apply(BookDelta("ETH", (("10", str(i + 2)),), (), 1, 1), clock())
+    out = drain(s)
+    assert any(m["type"] == "notice" and m["code"] == "gap" for m in out)
+    assert not [m for m in out if m["type"] == "book_snapshot" and m["symbol"] == "BTC"]
+    assert [m["reason"] for m in out if m["type"] == "book_snapshot"][-1] == "lag"
+
+
+def test_error_replies_do_not_grow_with_the_request(hub: Hub, clock) -> None:
+    s = session(hub, clock)
+    (err,) = request(s, clock, '{"op":"' + "x" * 60_000 + '"}')
+    assert err["code"] == "bad_request" and len(err["message"]) < 200
 
 
 def test_gap_then_snapshot_resyncs_subscribers(hub: Hub, clock) -> None:
@@ -258,11 +306,26 @@ def test_outbox_kinds_are_tagged(hub: Hub, clock) -> None:
 def test_a_member_falling_behind_during_a_snapshot_leaves_safely(hub: Hub, clock) -> None:
     """Publishing a source snapshot to a group whose only member is closed for lag
     removes the group while the hub is walking the groups."""
-    slow = session(hub, clock, max_queued_bytes=100)
+    slow = session(hub, clock, max_queue_age_ns=MS)
     request(slow, clock, '{"op":"subscribe","channel":"trades","symbols":["BTC"]}')
     request(slow, clock, '{"op":"subscribe","channel":"book","symbols":["BTC"],"depth":1}')
     request(slow, clock, '{"op":"subscribe","channel":"bbo","symbols":["BTC"]}')
     hub.apply(Trade("BTC", 1, "100", "1", "buy", 1, 1), clock())
+    clock.now += 2 * MS  # the trade, unread, is now over the age budget
     hub.apply(BookSnapshot("BTC", (("100", "1"),), (("101", "1"),), 1, 1, seq=20), clock())
     assert slow.state is State.CLOSING and slow.close_code == CLOSE_SLOW_CONSUMER
     assert not hub.symbols["BTC"].book_groups and not hub.symbols["BTC"].bbo_groups
+
+
+def test_conflation_keeps_the_last_state_across_a_source_snapshot(hub: Hub, clock) -> None:
+    s = session(hub, clock)
+    request(s, clock, '{"op":"subscribe","channel":"book","symbols":["BTC"],"interval_ms":100}')
+    clock.now += 10 * MS
+    hub.apply(BookDelta("BTC", (("100", "2"),), (), 1, 1), clock())  # held: scheduled
+    hub.apply(BookSnapshot("BTC", (("100", "3"),), (("101", "1"),), 1, 1), clock())
+    hub.apply(BookDelta("BTC", (("100", "9"),), (), 1, 1), clock())  # after the snapshot
+    clock.now += 100 * MS
+    hub.run_due(clock())
+    out = drain(s)
+    assert out[-1]["type"] == "book_update" and out[-1]["bids"] == [["100", "9"]]
+    assert hub.next_due() is None

@@ -56,3 +56,20 @@ async def test_echo_of_a_fragmented_text_message() -> None:
         client.receive_data(await client_stream.receive_some())
         (close,) = client.events()
         assert isinstance(close, CloseConnection) and close.code == 1000
+
+
+async def test_bytes_after_the_closing_handshake_are_discarded() -> None:
+    server_stream, client_stream = trio.testing.memory_stream_pair()
+    client = Connection(ConnectionType.CLIENT)
+    connection = WebSocketConnection(server_stream, Connection(ConnectionType.SERVER),
+                                     EchoSession(0, Deflater()), lambda: 0,
+                                     ConnectionLimits(), Metrics())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(connection.run)  # would raise into the nursery on a bug
+        await client_stream.send_all(client.send(CloseConnection(1000)) + b"junk" * 75_000)
+        client.receive_data(await client_stream.receive_some())
+        (close,) = client.events()
+        assert isinstance(close, CloseConnection) and close.code == 1000
+        with trio.fail_after(2):
+            while await client_stream.receive_some():
+                pass
