@@ -396,6 +396,18 @@ async def disconnected(keeper: BookKeeper) -> None:
         await keeper.wait_state_changed()
 
 
+async def run_until(keeper: BookKeeper, script: Any, done: trio.Event) -> None:
+    """Run ``keeper`` against one fake server ``script`` until the script is done and
+    the keeper has seen the disconnect."""
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            keeper.open_stream = memory_opener(nursery, [script])
+            nursery.start_soon(keeper.run)
+            await done.wait()
+            await disconnected(keeper)
+            nursery.cancel_scope.cancel()
+
+
 async def _subscribed(peer: FakePeer, depth: int = 10) -> None:
     """Accept, expect the book subscription, confirm it."""
     await peer.accept(deflate=PerMessageDeflate())
@@ -433,13 +445,7 @@ async def test_chain_break_triggers_exactly_one_resync(autojump_clock: trio.abc.
 
     keeper = BookKeeper("ws://fake/v1/stream", rng=random.Random(1))
     await keeper.subscribe("book", ["BTC"])
-    with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            keeper.open_stream = memory_opener(nursery, [script])
-            nursery.start_soon(keeper.run)
-            await done.wait()
-            await disconnected(keeper)
-            nursery.cancel_scope.cancel()
+    await run_until(keeper, script, done)
 
     assert resyncs == [{"op": "resync", "channel": "book", "symbol": "BTC", "id": 2}]
     stats = keeper.statistics()
@@ -468,13 +474,7 @@ async def test_checksum_failure_triggers_one_resync(autojump_clock: trio.abc.Clo
 
     keeper = BookKeeper("ws://fake/v1/stream", rng=random.Random(1))
     await keeper.subscribe("book", ["BTC"])
-    with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            keeper.open_stream = memory_opener(nursery, [script])
-            nursery.start_soon(keeper.run)
-            await done.wait()
-            await disconnected(keeper)
-            nursery.cancel_scope.cancel()
+    await run_until(keeper, script, done)
 
     assert [r["op"] for r in requests] == ["resync"]
     assert keeper.statistics().checksum_failures == 1

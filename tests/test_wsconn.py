@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 import trio.testing
 from wsproto import ConnectionType
@@ -14,13 +16,21 @@ from feed.wsconn import ConnectionLimits, WebSocketConnection
 from feed.wsframe import Deflater
 
 
-async def test_ping_after_our_close_gets_no_pong_and_no_crash() -> None:
+def echo_connection(
+    limits: ConnectionLimits | None = None,
+) -> tuple[WebSocketConnection, trio.testing.MemoryStapledStream[Any], Connection]:
+    """An echo connection over memory streams, and the client side: its stream and a
+    raw wsproto client."""
     server_stream, client_stream = trio.testing.memory_stream_pair()
-    server_ws = Connection(ConnectionType.SERVER)
-    client = Connection(ConnectionType.CLIENT)
-    session = EchoSession(0, Deflater())
-    connection = WebSocketConnection(server_stream, server_ws, session, lambda: 0,
-                                     ConnectionLimits(close_timeout_s=5), Metrics())
+    connection = WebSocketConnection(server_stream, Connection(ConnectionType.SERVER),
+                                     EchoSession(0, Deflater()), lambda: 0,
+                                     limits or ConnectionLimits(), Metrics())
+    return connection, client_stream, Connection(ConnectionType.CLIENT)
+
+
+async def test_ping_after_our_close_gets_no_pong_and_no_crash() -> None:
+    connection, client_stream, client = echo_connection(ConnectionLimits(close_timeout_s=5))
+    session = connection.session
     async with trio.open_nursery() as nursery:
         nursery.start_soon(connection.run)
         await client_stream.send_all(client.send(Ping(b"before")))
@@ -40,11 +50,7 @@ async def test_ping_after_our_close_gets_no_pong_and_no_crash() -> None:
 
 
 async def test_echo_of_a_fragmented_text_message() -> None:
-    server_stream, client_stream = trio.testing.memory_stream_pair()
-    client = Connection(ConnectionType.CLIENT)
-    connection = WebSocketConnection(server_stream, Connection(ConnectionType.SERVER),
-                                     EchoSession(0, Deflater()), lambda: 0,
-                                     ConnectionLimits(), Metrics())
+    connection, client_stream, client = echo_connection()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(connection.run)
         await client_stream.send_all(client.send(TextMessage("héllo ", message_finished=False)))
@@ -59,11 +65,7 @@ async def test_echo_of_a_fragmented_text_message() -> None:
 
 
 async def test_bytes_after_the_closing_handshake_are_discarded() -> None:
-    server_stream, client_stream = trio.testing.memory_stream_pair()
-    client = Connection(ConnectionType.CLIENT)
-    connection = WebSocketConnection(server_stream, Connection(ConnectionType.SERVER),
-                                     EchoSession(0, Deflater()), lambda: 0,
-                                     ConnectionLimits(), Metrics())
+    connection, client_stream, client = echo_connection()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(connection.run)  # would raise into the nursery on a bug
         await client_stream.send_all(client.send(CloseConnection(1000)) + b"junk" * 75_000)
