@@ -2,11 +2,12 @@
 
 The ingester pushes frames without ever waiting; the client's sender takes them in
 batches and writes each batch with one socket write. When the queue goes over its byte
-budget (every frame counts) or its oldest data frame over its age budget, ``push`` says
-so and the session applies the lag policy of PROTOCOL.md 4.3-4.4: ``drop_conflatable``
+budget (every frame counts) or its oldest frame over its age budget, ``push`` says so
+and the session applies the lag policy of PROTOCOL.md 4.3-4.4: ``drop_conflatable``
 removes the queued book and bbo frames (they are replaced by one fresh snapshot each),
-trades are never dropped. Control frames (replies, notices) count toward the bytes but
-not the age: an old notice waiting behind nothing must not re-trigger the policy.
+trades are never dropped. The control frames (replies, notices) that survive it take
+the stamp of the oldest data frame left, so that an old unread reply does not
+re-trigger the policy on every push; an old trade still does.
 """
 
 from __future__ import annotations
@@ -32,16 +33,15 @@ _Condition = Callable[[Kind, str], bool]
 class Outbox:
     """A bounded FIFO of frames for one connection.
 
-    ``behind_since`` is when the queue first went over its budget since it was last
-    empty (``None`` while the client keeps up).
+    ``behind_since`` is when (wall clock, set by the session's lag policy) the queue
+    first went over its budget since it was last empty (``None`` while the client
+    keeps up).
     """
 
-    __slots__ = ("_data_times", "_queue", "behind_since", "max_age_ns", "max_bytes",
-                 "queued_bytes")
+    __slots__ = ("_queue", "behind_since", "max_age_ns", "max_bytes", "queued_bytes")
 
     def __init__(self, max_bytes: int, max_age_ns: int) -> None:
         self._queue: deque[tuple[bytes, Kind, str | None, int]] = deque()
-        self._data_times: deque[int] = deque()  # when each queued data frame was pushed
         self.queued_bytes = 0
         self.max_bytes = max_bytes
         self.max_age_ns = max_age_ns
@@ -53,20 +53,17 @@ class Outbox:
     def push(self, data: bytes, kind: Kind, key: str | None, now_ns: int) -> bool:
         """Queue one frame for subscription ``key``. Returns True when the queue is now
         over budget and the caller must apply the lag policy."""
-        self._queue.append((data, kind, key, now_ns))
+        queue = self._queue
+        queue.append((data, kind, key, now_ns))
         self.queued_bytes += len(data)
-        times = self._data_times
-        if kind is not Kind.CONTROL:
-            times.append(now_ns)
-        return self.queued_bytes > self.max_bytes or (
-            bool(times) and now_ns - times[0] > self.max_age_ns)
+        return self.queued_bytes > self.max_bytes or now_ns - queue[0][3] > self.max_age_ns
 
     def over_budget(self, now_ns: int) -> bool:
-        """True when the queue is over its byte budget or its oldest data frame over its
-        age budget."""
-        times = self._data_times
-        return self.queued_bytes > self.max_bytes or (
-            bool(times) and now_ns - times[0] > self.max_age_ns)
+        """True when the queue is over its byte or age budget."""
+        if not self._queue:
+            return False
+        return (self.queued_bytes > self.max_bytes
+                or now_ns - self._queue[0][3] > self.max_age_ns)
 
     def holds(self, kind: Kind) -> bool:
         """True when a frame of ``kind`` is queued."""
@@ -74,10 +71,16 @@ class Outbox:
 
     def drop_conflatable(self, now_ns: int) -> list[str]:
         """Remove every queued book and bbo frame; return the subscription keys that
-        lost frames, in queue order. Marks the client as behind."""
-        if self.behind_since is None:
-            self.behind_since = now_ns
-        return self._remove(lambda kind, key: kind in _CONFLATABLE)
+        lost frames, in queue order. The control frames left take the stamp of the
+        oldest data frame left (``now_ns`` when there is none), so the queue's age is
+        that of its data."""
+        dropped = self._remove(lambda kind, key: kind in _CONFLATABLE)
+        oldest = next((ts for _, kind, _, ts in self._queue if kind is not Kind.CONTROL),
+                      now_ns)
+        self._queue = deque(
+            (data, kind, key, oldest if kind is Kind.CONTROL else ts)
+            for data, kind, key, ts in self._queue)
+        return dropped
 
     def drop_key(self, key: str) -> None:
         """Remove every queued frame of subscription ``key`` (unsubscribe, resync)."""
@@ -95,7 +98,6 @@ class Outbox:
                 kept.append(entry)
                 size += len(data)
         self._queue = kept
-        self._data_times = deque(e[3] for e in kept if e[1] is not Kind.CONTROL)
         self.queued_bytes = size
         return list(dropped)
 
@@ -107,11 +109,8 @@ class Outbox:
         oldest = queue[0][3] if queue else 0
         out: list[bytes] = []
         size = 0
-        times = self._data_times
         while queue and size < budget:
-            data, kind, _, _ = queue.popleft()
-            if kind is not Kind.CONTROL:
-                times.popleft()
+            data = queue.popleft()[0]
             out.append(data)
             size += len(data)
         self.queued_bytes -= size
@@ -123,7 +122,6 @@ class Outbox:
         """Drop everything queued; return how many frames were dropped."""
         dropped = len(self._queue)
         self._queue.clear()
-        self._data_times.clear()
         self.queued_bytes = 0
         self.behind_since = None
         return dropped

@@ -180,9 +180,14 @@ class Session:
             self._push(data, Kind.CONTROL, None, now_ns)
 
     def deliver(self, frame: Frame, kind: Kind, key: str, now_ns: int) -> None:
-        """Queue a published frame; apply the lag policy when over budget."""
+        """Queue a published frame; apply the lag policy when over budget. (The hot
+        path: ``_push`` inlined.)"""
         if self.state is State.OPEN:
-            self._push(frame.for_client(self.wbits), kind, key, now_ns)
+            outbox = self.outbox
+            if outbox.push(frame.for_client(self.wbits), kind, key, now_ns):
+                self._lag(now_ns)
+            elif len(outbox) == 1:
+                self.on_ready()
 
     def _push(self, data: bytes, kind: Kind, key: str | None, now_ns: int) -> None:
         if self.outbox.push(data, kind, key, now_ns):
@@ -203,8 +208,10 @@ class Session:
         wall-clock time, gets a ``lag`` notice and close 4001."""
         outbox = self.outbox
         wall = self.hub.clock()
+        if outbox.behind_since is None:
+            outbox.behind_since = wall
         before = len(outbox)
-        keys = outbox.drop_conflatable(wall)
+        keys = outbox.drop_conflatable(now_ns)
         self.stats.dropped_frames += before - len(outbox)
         self.stats.lag_resyncs += 1
         if outbox.over_budget(now_ns):

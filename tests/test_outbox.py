@@ -39,3 +39,15 @@ def test_drop_key_removes_one_subscription() -> None:
     box.push(b"b", Kind.BOOK, "book:B", 0)
     box.drop_key("book:A")
     assert box.take_batch(100)[0] == [b"b"]
+
+
+def test_after_lag_old_replies_are_restamped_but_old_trades_are_not() -> None:
+    box = Outbox(max_bytes=10**6, max_age_ns=100)
+    box.push(b"reply", Kind.CONTROL, None, 0)
+    box.push(b"b1", Kind.BOOK, "book:A", 0)
+    assert box.push(b"b2", Kind.BOOK, "book:A", 200)  # the oldest frame is over age
+    box.drop_conflatable(now_ns=200)
+    assert not box.push(b"b3", Kind.BOOK, "book:A", 250)  # the reply no longer counts as old
+    box.push(b"t1", Kind.TRADE, "trades:A", 250)
+    box.drop_conflatable(now_ns=400)
+    assert box.over_budget(400)  # the trade, still unread, is old
