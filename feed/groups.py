@@ -78,14 +78,15 @@ class TradeGroup(Group):
     def join(self, member: Member, now_ns: int) -> None:
         self.members[member] = None
 
-    def on_trade(self, trade: Trade, ts_recv: int, now_ns: int) -> None:
+    def on_trade(self, trade: Trade, ts_recv: int) -> None:
+        """Publish one trade, taken in by the ingester at ``ts_recv``."""
         self._seq += 1
         if not self.members:
             return
         message = protocol.trade_message(
             self.symbol, self._seq, trade.trade_id, trade.price, trade.size, trade.side,
             trade.ts_event, ts_recv, self._clock())
-        self.publish(self.frame(message), now_ns)
+        self.publish(self.frame(message), ts_recv)
 
 
 class ViewGroup(Group):
@@ -116,14 +117,15 @@ class ViewGroup(Group):
 
     def on_change(self, book: Book, change: BookChange | None, now_ns: int) -> None:
         """The book changed; publish what the members' view gains from it."""
+        prev_seq = self.view.seq
         changes = self.view.advance(book, change)
         self.dirty = False
         if changes is not None:
             self.last_publish_ns = now_ns
-            self.publish_change(changes[0], changes[1], now_ns)
+            self.publish_change(changes[0], changes[1], prev_seq, now_ns)
 
     def publish_change(self, bids: list[tuple[str, str]], asks: list[tuple[str, str]],
-                       now_ns: int) -> None:
+                       prev_seq: int, now_ns: int) -> None:
         raise NotImplementedError
 
 
@@ -143,7 +145,6 @@ class BookGroup(ViewGroup):
         self.pending: set[Member] = set()
         self._snapshots: dict[str, Frame] = {}
         self._snapshot_seq = -1
-        self._published_seq = 0
 
     def join(self, member: Member, book: Book, now_ns: int) -> None:
         """Add a member: it gets the snapshot of what the group last published, or of
@@ -192,21 +193,17 @@ class BookGroup(ViewGroup):
         which reaches every member as a ``resync`` snapshot."""
 
     def publish_change(self, bids: list[tuple[str, str]], asks: list[tuple[str, str]],
-                       now_ns: int) -> None:
+                       prev_seq: int, now_ns: int) -> None:
         if not self.members or len(self.pending) == len(self.members):
             return
         view = self.view
         message = protocol.book_update_message(
-            self.symbol, view.seq, self._published_seq, bids, asks,
+            self.symbol, view.seq, prev_seq, bids, asks,
             view.checksum if self.checksum else None, view.ts_event, view.ts_recv, self._clock())
         frame = self.frame(message)
         for member in tuple(self.members):
             if member not in self.pending:
                 member.deliver(frame, self.kind, self.key, now_ns)
-
-    def on_change(self, book: Book, change: BookChange | None, now_ns: int) -> None:
-        self._published_seq = self.view.seq
-        super().on_change(book, change, now_ns)
 
 
 class BboGroup(ViewGroup):
@@ -241,7 +238,7 @@ class BboGroup(ViewGroup):
         return self._current
 
     def publish_change(self, bids: list[tuple[str, str]], asks: list[tuple[str, str]],
-                       now_ns: int) -> None:
+                       prev_seq: int, now_ns: int) -> None:
         self._current = None
         if self.members:
             self.publish(self.current(), now_ns)

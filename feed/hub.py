@@ -87,7 +87,7 @@ class Hub:
                     group.on_change(state.book, change, now)
         elif isinstance(event, Trade):
             self.stats.events["trade"] += 1
-            state.trades.on_trade(event, ts_recv, now)
+            state.trades.on_trade(event, ts_recv)
         elif isinstance(event, BookSnapshot):
             self.stats.events["book_snapshot"] += 1
             state.book.apply_snapshot(event, ts_recv)
@@ -118,7 +118,7 @@ class Hub:
             group.on_change(self.symbols[group.symbol].book, None, now)
             return
         group.scheduled = True
-        entry = (max(due, now), next(self._tiebreak), group)
+        entry = (due, next(self._tiebreak), group)
         heapq.heappush(self._due, entry)
         if self._due[0] is entry:
             self.on_due_changed()

@@ -23,6 +23,7 @@ import trio
 from feed.events import Event
 from feed.hub import Hub
 from feed.synthetic import SyntheticMarket
+from replay.sources import EventStream
 
 if TYPE_CHECKING:
     from feed.server import Server
@@ -86,21 +87,22 @@ class ReplaySource:
     """Tick files (native or raw captures), merged in ``ts_recv`` order."""
 
     def __init__(self, paths: list[Path], speed: float | None, loop: bool) -> None:
-        from replay.sources import EventStream
-
         self.name = "replay of " + ", ".join(p.name for p in paths)
         self.paths = paths
         self.speed = speed
         self.loop = loop
-        self._stream_type = EventStream
         self._stream: EventStream | None = None
         self._reported = 0
 
     def symbols(self) -> list[str]:
-        return list(self._stream_type(self.paths).symbols())
+        stream = EventStream(self.paths)
+        try:
+            return list(stream.symbols())
+        finally:
+            stream.close()
 
     def events(self, start_ns: int) -> Iterator[tuple[int, Event]]:
-        self._stream = self._stream_type(self.paths)
+        self._stream = EventStream(self.paths)
         self._reported = 0
         for event in self._stream:
             yield event.ts_recv, event
@@ -108,8 +110,8 @@ class ReplaySource:
     def problems(self) -> list[str]:
         if self._stream is None:
             return []
-        problems = [str(p) for p in self._stream.problems]
-        new = problems[self._reported:]
+        problems = self._stream.problems
+        new = [str(p) for p in problems[self._reported:]]
         self._reported = len(problems)
         return new
 

@@ -279,6 +279,9 @@ class Server:
                                "peer's own code 3000-4999 echoed back)", "code", m.closes)
         yield labelled_counter("tickwire_events", "Feed events applied, by kind", "kind",
                                self.hub.stats.events)
+        yield counter("tickwire_ignored_deltas",
+                      "Book deltas ignored because the book had no snapshot (start, gap)",
+                      self.hub.stats.ignored_deltas)
         yield counter("tickwire_requests", "Client requests received", stats.requests)
         yield counter("tickwire_bad_requests", "Client requests answered with an error",
                       stats.bad_requests)
