@@ -12,7 +12,7 @@ From Python::
 Modules:
     ``errors``     ``LoadError`` and ``FrameError``: the exception tree
     ``frames``     ``FrameReader``: counts the server's frames, picks a few to decode (no IO)
-    ``websocket``  ``Endpoint``, the opening handshake, one request and its reply
+    ``websocket``  URL checks (``clients.client.Endpoint`` parses), the opening handshake, one request and its reply
     ``metrics``    the server's ``/metrics`` and the machine's ``/proc/stat``
     ``messages``   what the parent and a worker process send each other over their pipe
     ``worker``     a worker process: its subscriber connections, counted over the window
@@ -24,6 +24,7 @@ Modules:
     ``cli``        ``main``: the command line (``__main__`` runs it)
 """
 
+from clients.client import Endpoint
 from clients.loadgen.cli import main
 from clients.loadgen.config import CHANNELS, LoadConfig
 from clients.loadgen.errors import FrameError, LoadError
@@ -58,7 +59,6 @@ from clients.loadgen.report import (
 )
 from clients.loadgen.runner import measure, run
 from clients.loadgen.spawn import ServerLog, SpawnedServer, spawn_server
-from clients.loadgen.websocket import Endpoint
 
 __all__ = [
     "CHANNELS",

@@ -17,7 +17,7 @@ from multiprocessing.connection import Connection as PipeEnd
 
 import trio
 
-from clients.loadgen.websocket import Endpoint
+from clients.client import Endpoint
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from contextlib import suppress
 
 import trio
 
+from clients.client import Endpoint
 from clients.loadgen.config import LoadConfig
 from clients.loadgen.errors import LoadError
 from clients.loadgen.messages import Finish, Ready, Window, WorkerPlan, WorkerResult, trio_deadline
@@ -27,7 +28,7 @@ from clients.loadgen.metrics import fetch_metrics, machine_busy_s
 from clients.loadgen.pool import receive_all, start_workers, stop_workers
 from clients.loadgen.report import Report, build_report, server_figures
 from clients.loadgen.spawn import SERVER_STOP_GRACE_S, ServerLog, SpawnedServer, spawn_server
-from clients.loadgen.websocket import Endpoint, list_symbols
+from clients.loadgen.websocket import list_symbols, parse_url
 
 RESULTS_TIMEOUT_S = 15.0
 
@@ -35,7 +36,7 @@ RESULTS_TIMEOUT_S = 15.0
 async def measure(config: LoadConfig, url: str, spawned: SpawnedServer | None = None
                   ) -> Report:
     """Measure a running server at ``url``. Raises ``LoadError``."""
-    endpoint = Endpoint.parse(url)
+    endpoint = parse_url(url)
     try:
         with trio.fail_after(config.setup_timeout):
             offered = await list_symbols(endpoint, config.channel)

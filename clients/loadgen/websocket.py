@@ -7,9 +7,7 @@ for.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 import trio
@@ -17,6 +15,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, RejectConnection, Request
 from wsproto.extensions import Extension, PerMessageDeflate
 
+from clients.client import Endpoint
 from clients.loadgen.errors import LoadError
 from clients.loadgen.frames import (
     NORMAL_CLOSURE,
@@ -31,26 +30,17 @@ from clients.loadgen.frames import (
 RECEIVE_BYTES = 256 * 1024
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """Where to connect: host, port and request target of a ``ws://`` URL."""
-
-    host: str
-    port: int
-    target: str
-
-    @classmethod
-    def parse(cls, url: str) -> Endpoint:
-        """Raises ``LoadError`` for anything but ``ws://HOST[:PORT]/PATH``."""
-        parts = urlsplit(url)
-        if parts.scheme != "ws" or not parts.hostname:
-            raise LoadError(f"not a ws:// URL: {url!r} (loadgen speaks plain ws:// only)")
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        return cls(parts.hostname, parts.port or 80, target)
-
-    @property
-    def host_header(self) -> str:
-        return f"{self.host}:{self.port}"
+def parse_url(url: str) -> Endpoint:
+    """The endpoint of a ``ws://`` URL (the reference client's parsing; an empty path is
+    ``/v1/stream``). Raises ``LoadError`` for a bad URL or ``wss://``, which the load
+    generator does not speak."""
+    try:
+        endpoint = Endpoint.parse(url)
+    except ValueError as exc:
+        raise LoadError(str(exc)) from None
+    if endpoint.tls:
+        raise LoadError(f"not a ws:// URL: {url!r} (loadgen speaks plain ws:// only)")
+    return endpoint
 
 
 async def open_websocket(endpoint: Endpoint, compress: bool) -> tuple[trio.SocketStream, bool]:
