@@ -12,7 +12,7 @@ From Python::
 Modules:
     ``errors``     ``LoadError`` and ``FrameError``: the exception tree
     ``frames``     ``FrameReader``: counts the server's frames, picks a few to decode (no IO)
-    ``websocket``  URL checks (``clients.client.Endpoint`` parses), the opening handshake, one request and its reply
+    ``websocket``  the opening handshake, one request and its reply (URLs: ``Endpoint``)
     ``metrics``    the server's ``/metrics`` and the machine's ``/proc/stat``
     ``messages``   what the parent and a worker process send each other over their pipe
     ``worker``     a worker process: its subscriber connections, counted over the window
