@@ -12,7 +12,9 @@ does the file reading. docs/tick-format.md states the rules; in short, per symbo
 - futures (a diff with ``pu``): drop ``u < lastUpdateId``; the first applied has
   ``U <= lastUpdateId <= u``; each next has ``pu == previous u``;
 - a snapshot becomes a ``BookSnapshot`` (``seq = lastUpdateId``), each applied diff a
-  ``BookDelta`` (``seq = u``); a diff that breaks the rules becomes a ``Gap``, and
+  ``BookDelta`` (``seq = u``), except a futures diff with ``u == lastUpdateId``, whose
+  result the snapshot already is (so ``seq`` strictly increases); a diff that breaks
+  the rules becomes a ``Gap``, and
   nothing more is emitted for that book until a later snapshot;
 - a symbol whose diffs start without a snapshot (a continuation file on its own) gets
   one ``Gap(reason="no snapshot")`` in the place of its first diff.
@@ -329,8 +331,10 @@ class BinanceImporter:
     ) -> None:
         """Apply, drop or break on one diff, for a book in SYNCING or LIVE."""
         futures = diff.prev is not None
+        covered = False  # the snapshot already holds this diff's result
         if book.state is BookState.SYNCING:
             ref = book.snapshot_id
+            covered = diff.last == ref
             if diff.last < ref or (not futures and diff.last == ref):
                 return  # older than the snapshot
             bridges = diff.first <= ref <= diff.last if futures else diff.first <= ref + 1
@@ -350,4 +354,9 @@ class BinanceImporter:
             return
         book.step(Step.APPLY)
         book.last = diff.last
+        if covered:
+            # Futures: a bridging diff with u == lastUpdateId ends where the snapshot
+            # stands (absolute sizes, all updates up to u already in it). Emitting it
+            # would give the book a second version with the same seq.
+            return
         out.append(BookDelta(diff.symbol, diff.bids, diff.asks, diff.ts_event, ts_recv, diff.last))

@@ -108,13 +108,13 @@ def test_spot_buffers_diffs_before_the_snapshot_and_follows_the_rules() -> None:
 def test_futures_rules() -> None:
     events = run([
         (1, diff(1, 5, prev=0)),  # u < lastUpdateId: dropped
-        (2, diff(6, 8, prev=5)),  # U <= 8 <= u: applied (u == lastUpdateId is fine here)
+        (2, diff(6, 8, prev=5)),  # U <= 8 <= u bridges; u == lastUpdateId: in the snapshot
         (3, snapshot(8, E=7, T=6)),
-        (4, diff(9, 9, prev=8)),
+        (4, diff(9, 9, prev=8)),  # chains on the covered diff's u
         (5, diff(10, 12, prev=9)),
     ])
-    assert book_seqs(events) == [("BookSnapshot", 8), ("BookDelta", 8), ("BookDelta", 9),
-                                 ("BookDelta", 12)]
+    # Every seq once: the covered diff gives no second version 8 of the book.
+    assert book_seqs(events) == [("BookSnapshot", 8), ("BookDelta", 9), ("BookDelta", 12)]
     assert events[0].ts_event == 6 * MS  # futures snapshots carry T
 
 
@@ -129,7 +129,9 @@ def test_a_break_becomes_a_gap_and_only_a_new_snapshot_restarts(futures: bool) -
     out += importer.feed(4, d(9, 10, 8))  # 8 is missing
     assert importer.state("BTCUSDT") is BookState.LOST
     out += importer.feed(5, d(11, 12, 10)) + importer.feed(6, trade(1))
-    assert book_seqs(out) == [("BookSnapshot", 5 if futures else 4), ("BookDelta", 5),
+    # On futures the diff ending at lastUpdateId 5 is already in the snapshot.
+    bridging = [] if futures else [("BookDelta", 5)]
+    assert book_seqs(out) == [("BookSnapshot", 5 if futures else 4), *bridging,
                               ("BookDelta", 7), ("Gap", "sequence break")]
     assert isinstance(out[-1], Trade)  # trades go on
     gap = out[-2]
@@ -137,12 +139,13 @@ def test_a_break_becomes_a_gap_and_only_a_new_snapshot_restarts(futures: bool) -
     assert gap.ts_recv == 4
     assert ("pu=7" if futures else "U=8") in gap.reason
     # A new snapshot restarts the book from the diffs buffered meanwhile.
-    # The diff that showed the break is kept too: on futures it bridges (U <= 10 <= u).
+    # The diff that showed the break is kept too: on futures it bridges (U <= 10 <= u),
+    # and as it ends at lastUpdateId it adds nothing to the snapshot.
     out = importer.feed(7, snapshot(10))
     out += importer.feed(8, d(13, 14, 12))
-    restart = [("BookDelta", 10)] if futures else []
-    assert book_seqs(out) == [("BookSnapshot", 10), *restart, ("BookDelta", 12),
-                              ("BookDelta", 14)]
+    assert book_seqs(out) == [("BookSnapshot", 10), ("BookDelta", 12), ("BookDelta", 14)]
+    assert importer.state("BTCUSDT") is BookState.LIVE
+    assert importer.feed(9, d(15, 15, 14)) != []  # chained on u=14
     assert importer.state("BTCUSDT") is BookState.LIVE
 
 
@@ -369,14 +372,15 @@ def test_diffs_follow_the_snapshot_by_the_rules(name: str, futures: bool,
     last_id = raw.last_update_id
     assert last_id is not None and raw.snapshot_line is not None
     assert snap.seq == last_id
-    # Every diff from the bridging one on is applied, in order; none before it.
+    # Every diff from the bridging one on is applied, in order; none before it. (A
+    # futures bridge ending at lastUpdateId is the snapshot itself: not emitted.)
     keep = [d for d in raw.diffs if (d[2] >= last_id if futures else d[2] > last_id)]
-    assert [e.seq for e in book[1:]] == [d[2] for d in keep]
-    line, first_u, last_u, _, ts_recv = keep[0]
-    covered = last_id if futures else last_id + 1
-    assert first_u <= covered <= last_u == first.seq
+    line, first_u, last_u, _, _ = keep[0]
+    assert first_u <= (last_id if futures else last_id + 1) <= last_u
     assert (line < raw.snapshot_line) == bridged_from_buffer
-    assert first.ts_recv == max(ts_recv, snap.ts_recv)
+    emitted = keep[1:] if last_u == last_id else keep
+    assert [e.seq for e in book[1:]] == [d[2] for d in emitted]
+    assert first.ts_recv == max(emitted[0][4], snap.ts_recv)
     # Trades: every order-book trade, received any time.
     trades = [e for e in events if isinstance(e, Trade)]
     assert len(trades) == raw.trades
