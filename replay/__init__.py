@@ -1,5 +1,6 @@
-"""Recorded market data: the native tick file format, an importer for Binance raw
-captures, and one merged event stream over any mix of them.
+"""Recorded market data: the native tick file format, importers for Binance raw
+captures and for cryptofeed captures of Kraken and Coinbase, and one merged event
+stream over any mix of them.
 
 Modules (docs/tick-format.md is the reference for the formats and rules)::
 
@@ -8,6 +9,9 @@ Modules (docs/tick-format.md is the reference for the formats and rules)::
     tickfile    TickWriter, TickReader, inspect
     binance     Binance messages to events: the sequencing state machine (pure)
     capture     Binance capture files: CaptureReader, book_tickers, probe
+    cryptofeed  cryptofeed capture lines, exact times, CryptofeedReader
+    kraken      Kraken v1 book (depth, checksum) and trades to events; KrakenReader
+    coinbase    Coinbase level2 and matches to events; CoinbaseReader
     sources     open_events: detect each file, merge them in ts_recv order
     convert     recordings to one tick file (also ``python -m replay convert``)
     make_sample the bundled sample, reproducibly
@@ -21,6 +25,8 @@ from pathlib import Path
 
 from .capture import BookTicker, CaptureReader, book_tickers
 from .codec import BadHeader, TickHeader
+from .coinbase import CoinbaseReader
+from .kraken import KrakenReader
 from .lines import Problem, ProblemKind
 from .sources import EventStream, UnknownSource, open_events
 from .tickfile import TickFileInfo, TickReader, TickWriter, inspect
@@ -39,7 +45,9 @@ __all__ = [
     "BadHeader",
     "BookTicker",
     "CaptureReader",
+    "CoinbaseReader",
     "EventStream",
+    "KrakenReader",
     "Problem",
     "ProblemKind",
     "SAMPLE_NAME",

@@ -149,10 +149,7 @@ def _events(
                     last = ts_recv
                     events = feed(ts_recv, message)
                 except (BadDecimal, BadMessage) as exc:
-                    bad = isinstance(exc, BadDecimal)
-                    kind = ProblemKind.BAD_DECIMAL if bad else ProblemKind.MALFORMED
-                    tally.malformed += 1
-                    problems.append(Problem(path, line_no, offset, kind, str(exc)))
+                    tally.skip(problems, path, line_no, offset, exc)
                     continue
                 yield from events
     yield from importer.finish()

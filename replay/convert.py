@@ -1,20 +1,26 @@
-"""Convert recordings (Binance captures, tick files, any mix) to one tick file.
+"""Convert recordings (Binance, Kraken and Coinbase captures, tick files, any mix) to one
+tick file.
 
 ``convert(paths, dst)`` streams ``open_events(paths)`` into a ``TickWriter``: constant
 memory, so the header carries no time span (``replay.tickfile.inspect`` computes it).
 The header's ``source`` and ``symbols`` are taken from the inputs when they agree.
+``PROGRESS_EVERY`` events, an optional callback hears how far it has got.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+
+from feed.events import Event
 
 from .capture import probe
 from .lines import Problem, StrPath
-from .sources import SourceKind, detect, open_events
+from .sources import CRYPTOFEED_READERS, SourceKind, detect, open_events
 from .tickfile import TickReader, TickWriter
+
+PROGRESS_EVERY = 1 << 13
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,10 +38,14 @@ def describe(paths: Sequence[StrPath]) -> tuple[str | None, tuple[str, ...]]:
     sources: set[str | None] = set()
     symbols: dict[str, None] = {}
     for path in paths:
-        if detect(path) is SourceKind.TICKS:
+        kind = detect(path)
+        if kind is SourceKind.TICKS:
             with TickReader(path) as reader:
                 sources.add(reader.header.source)
                 symbols.update(dict.fromkeys(reader.header.symbols))
+        elif kind in CRYPTOFEED_READERS:
+            sources.add(kind.value)
+            symbols.update(dict.fromkeys(CRYPTOFEED_READERS[kind].symbols(path)))
         else:
             info = probe(path)
             sources.add(None if info is None else f"binance-{info.market}")
@@ -52,9 +62,12 @@ def convert(
     source: str | None = None,
     symbols: Sequence[str] | None = None,
     level: int | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> ConvertStats:
     """Write every event of ``paths`` (merged in ``ts_recv`` order) to the tick file
     ``dst``, compressed by its name. ``source`` / ``symbols`` default to ``describe``'s.
+    ``progress`` is called with the number of events written so far, every
+    ``PROGRESS_EVERY`` events.
 
     Raises what ``open_events`` raises, and ``OSError`` when ``dst`` cannot be written.
     """
@@ -67,7 +80,23 @@ def convert(
         open_events(paths) as events,
         TickWriter(dst, source=source, symbols=symbols, level=level) as writer,
     ):
-        count = writer.write_all(events)
+        if progress is None:
+            count = writer.write_all(events)
+        else:
+            count = _write_reporting(writer, events, progress)
         return ConvertStats(
             count, events.malformed, tuple(events.problems), time.perf_counter() - started
         )
+
+
+def _write_reporting(
+    writer: TickWriter, events: Iterable[Event], progress: Callable[[int], None]
+) -> int:
+    write = writer.write
+    count = 0
+    for event in events:
+        write(event)
+        count += 1
+        if not count % PROGRESS_EVERY:
+            progress(count)
+    return count

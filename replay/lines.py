@@ -31,6 +31,8 @@ from typing import Protocol
 
 import zstandard
 
+from feed.decimals import BadDecimal
+
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 CHUNK_SIZE = 1 << 14
@@ -51,7 +53,8 @@ class Compression(Enum):
 
 
 class ProblemKind(StrEnum):
-    """What was wrong. The first three end the stream; the rest skip one line."""
+    """What was wrong. The first three end the stream; the next two skip one line; an
+    out-of-order line is still delivered; a checksum mismatch becomes a ``Gap``."""
 
     TRUNCATED = "truncated"  # the compressed stream ends before its end marker
     CORRUPT = "corrupt"  # the compressed data is invalid
@@ -59,6 +62,7 @@ class ProblemKind(StrEnum):
     MALFORMED = "malformed"  # not a valid line of its format
     BAD_DECIMAL = "bad_decimal"  # a price or size is not a decimal number
     OUT_OF_ORDER = "out_of_order"  # ts_recv went backwards within one source
+    CHECKSUM = "checksum"  # the venue's checksum disagrees with the rebuilt book
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +83,23 @@ class Problem:
         return f"{self.path}:{self.line} (byte {self.offset}): {self.kind}: {self.detail}"
 
 
+class _ReadCounter:
+    __slots__ = ("total",)
+
+    def __init__(self) -> None:
+        self.total = 0
+
+
+_read = _ReadCounter()
+
+
+def bytes_read() -> int:
+    """File bytes (compressed, as stored) that every ``LineStream`` of this process has
+    read so far: a monotonic counter, like a metric. A long job shows its progress as
+    the growth of this figure against the size of its inputs."""
+    return _read.total
+
+
 class Tally:
     """Lines a reader skipped, counted where its generator can reach them without
     referring back to the reader (see ``LineStream``)."""
@@ -87,6 +108,14 @@ class Tally:
 
     def __init__(self) -> None:
         self.malformed = 0
+
+    def skip(self, problems: list[Problem], path: str, line_no: int, offset: int,
+             exc: Exception) -> None:
+        """Count a line skipped because of ``exc`` and report it: ``bad_decimal`` for a
+        ``BadDecimal``, else ``malformed``."""
+        kind = ProblemKind.BAD_DECIMAL if isinstance(exc, BadDecimal) else ProblemKind.MALFORMED
+        self.malformed += 1
+        problems.append(Problem(path, line_no, offset, kind, str(exc)))
 
 
 class _Decoder(Protocol):
@@ -165,14 +194,17 @@ def _chunks(
     """Uncompressed data in pieces; on damage, leaves a position-less ``Problem`` in
     ``cut`` (``_lines`` knows the position) and stops."""
     read = file.read
+    counter = _read
     if compression is Compression.PLAIN:
         while chunk := read(size):
+            counter.total += len(chunk)
             yield chunk
         return
     decoder = _new_decoder(compression)
     started = False  # the current member/frame has had input
     while True:
         data = read(size)
+        counter.total += len(data)
         if not data:
             if started and not decoder.eof:
                 detail = "compressed stream ends before its end"

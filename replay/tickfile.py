@@ -24,7 +24,7 @@ from typing import Protocol
 import zstandard
 
 from feed.decimals import BadDecimal
-from feed.events import Event
+from feed.events import Event, Gap
 
 from .codec import (
     BadHeader,
@@ -202,15 +202,46 @@ def _events(
         try:
             event = decode_event(line)
         except (BadDecimal, TickFormatError) as exc:
-            kind = ProblemKind.BAD_DECIMAL if isinstance(exc, BadDecimal) else ProblemKind.MALFORMED
-            tally.malformed += 1
-            problems.append(Problem(path, line_no, offset, kind, str(exc)))
+            tally.skip(problems, path, line_no, offset, exc)
             continue
         if event.ts_recv < last:
             detail = f"ts_recv {event.ts_recv} is before the previous event's {last}"
             problems.append(Problem(path, line_no, offset, ProblemKind.OUT_OF_ORDER, detail))
         last = event.ts_recv
         yield event
+
+
+MAX_GAPS_KEPT = 1000
+"""``EventCounts`` keeps this many gaps in detail (and counts them all)."""
+
+
+class EventCounts:
+    """What a stream of events holds: counts by kind, symbols in order of appearance,
+    the ``ts_recv`` span and the gaps (``(symbol, ts_recv, reason)``, the first
+    ``MAX_GAPS_KEPT``). Feed it with ``add``."""
+
+    def __init__(self) -> None:
+        self.kinds: Counter[str] = Counter()
+        self.symbols: dict[str, None] = {}
+        self.ts_first: int | None = None
+        self.ts_last: int | None = None
+        self.gaps: list[tuple[str, int, str]] = []
+
+    def add(self, event: Event) -> None:
+        """Count one event."""
+        kind = kind_of(event)
+        self.kinds[kind] += 1
+        self.symbols.setdefault(event.symbol)
+        if self.ts_first is None:
+            self.ts_first = event.ts_recv
+        self.ts_last = event.ts_recv
+        if isinstance(event, Gap) and len(self.gaps) < MAX_GAPS_KEPT:
+            self.gaps.append((event.symbol, event.ts_recv, event.reason))
+
+    @property
+    def events(self) -> int:
+        """Events counted."""
+        return sum(self.kinds.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,33 +256,27 @@ class TickFileInfo:
     ts_last: int | None
     malformed: int
     problems: tuple[Problem, ...]
+    gaps: tuple[tuple[str, int, str], ...] = ()
 
 
 def inspect(path: StrPath) -> TickFileInfo:
-    """Read a whole tick file once: counts, symbols and the ``ts_recv`` span.
+    """Read a whole tick file once: counts, symbols, gaps and the ``ts_recv`` span.
 
     This is where the span comes from when the header does not carry it. Raises what
     opening a ``TickReader`` raises.
     """
-    kinds: Counter[str] = Counter()
-    symbols: dict[str, None] = {}
-    first: int | None = None
-    last: int | None = None
+    counts = EventCounts()
     with TickReader(path) as reader:
         for event in reader:
-            kinds[kind_of(event)] += 1
-            symbols.setdefault(event.symbol)
-            if first is None:
-                first = event.ts_recv
-            last = event.ts_recv
+            counts.add(event)
         return TickFileInfo(
             header=reader.header,
-            events=sum(kinds.values()),
-            kinds=tuple(sorted(kinds.items())),
-            symbols=tuple(symbols),
-            ts_first=first,
-            ts_last=last,
+            events=counts.events,
+            kinds=tuple(sorted(counts.kinds.items())),
+            symbols=tuple(counts.symbols),
+            ts_first=counts.ts_first,
+            ts_last=counts.ts_last,
             malformed=reader.malformed,
             problems=tuple(reader.problems),
+            gaps=tuple(counts.gaps),
         )
-

@@ -11,7 +11,8 @@ PURE = [
     "feed.session", "feed.echo", "feed.config", "feed.synthetic",
     "clients.book", "clients.messages", "clients.subscription", "clients.session",
     "clients.codec", "clients.backoff", "clients.view", "clients.errors",
-    "replay.codec", "replay.binance",
+    "replay.codec", "replay.binance", "replay.window", "replay.cryptofeed", "replay.kraken",
+    "replay.coinbase",
 ]
 
 

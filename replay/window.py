@@ -1,0 +1,118 @@
+"""A part of a recording: a time window and a set of symbols.
+
+``window(events, start=..., end=..., symbols=...)`` passes on the events of the
+chosen symbols whose ``ts_recv`` is in ``[start, end)``. Starting in the middle of a
+recording must not start with empty books, so the events before ``start`` are not
+thrown away: their book events are folded into one book per symbol, and at ``start``
+each book that is valid there comes out as one ``BookSnapshot`` (the venue's ``seq``
+of the last event folded in, ``ts_event`` of that event, ``ts_recv`` = ``start``),
+before the first event of the window. Trades before ``start`` are dropped, and a
+recording that ends before ``start`` gives nothing at all. Reading
+stops at the first event at or after ``end``, so a window at the front of a large
+file costs only its own length.
+
+``parse_time`` reads the ``--from`` / ``--to`` spelling: ISO-8601 (UTC when no offset
+is given) or integer nanoseconds since the Unix epoch.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+
+from feed.book import Book
+from feed.events import BookDelta, BookSnapshot, Event, Gap
+
+_FRACTION = re.compile(r"[.,]([0-9]+)")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SECOND = timedelta(seconds=1)
+
+
+def parse_time(text: str) -> int:
+    """Nanoseconds since the Unix epoch from ``"1723161300000000000"`` or an ISO-8601
+    time such as ``"2024-08-08T23:55:00.123456789Z"`` (nanosecond digits kept, no
+    offset meaning UTC). Raises ``ValueError`` naming the text."""
+    stripped = text.strip()
+    if stripped.isdigit():
+        return int(stripped)
+    fraction = _FRACTION.search(stripped)
+    digits = ""
+    if fraction is not None:  # datetime keeps microseconds only: take the digits apart
+        digits = fraction.group(1)
+        stripped = stripped[: fraction.start()] + stripped[fraction.end():]
+    try:
+        moment = datetime.fromisoformat(stripped)
+    except ValueError:
+        raise ValueError(f"expected ISO-8601 or nanoseconds since the epoch, "
+                         f"got {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    seconds = (moment - _EPOCH) // _SECOND
+    return seconds * 1_000_000_000 + int((digits + "000000000")[:9])
+
+
+def window(
+    events: Iterable[Event],
+    *,
+    start: int | None = None,
+    end: int | None = None,
+    symbols: Collection[str] | None = None,
+) -> Iterator[Event]:
+    """The events of ``symbols`` (all when ``None``) with ``start <= ts_recv < end``,
+    preceded by a snapshot of each book as it stood at ``start``; see the module
+    docstring."""
+    wanted = None if symbols is None else frozenset(symbols)
+    stream = iter(events)
+    if start is not None:
+        books, first = _fold_until(stream, start, wanted)
+        if first is None:  # the recording ends before start: nothing in the window
+            return
+        yield from books
+        stream = _chain(first, stream)
+    for event in stream:
+        if end is not None and event.ts_recv >= end:
+            return
+        if wanted is None or event.symbol in wanted:
+            yield event
+
+
+def _fold_until(
+    stream: Iterator[Event], start: int, wanted: frozenset[str] | None
+) -> tuple[list[BookSnapshot], Event | None]:
+    """Fold the book events before ``start``: the snapshots of the valid books at
+    ``start``, and the first event at or after it (``None`` when there is none)."""
+    books: dict[str, Book] = {}
+    seqs: dict[str, int | None] = {}
+    first: Event | None = None
+    for event in stream:
+        if event.ts_recv >= start:
+            first = event
+            break
+        symbol = event.symbol
+        if wanted is not None and symbol not in wanted:
+            continue
+        book = books.get(symbol)
+        if book is None:
+            book = books[symbol] = Book(symbol)
+        if isinstance(event, BookSnapshot):
+            book.apply_snapshot(event, event.ts_recv)
+        elif isinstance(event, BookDelta):
+            if book.apply_delta(event, event.ts_recv) is None:
+                continue
+        elif isinstance(event, Gap):
+            book.invalidate()
+        else:
+            continue
+        seqs[symbol] = None if isinstance(event, Gap) else event.seq
+    snapshots = [
+        BookSnapshot(symbol, tuple(book.bids.top(len(book.bids))),
+                     tuple(book.asks.top(len(book.asks))), book.ts_event, start, seqs[symbol])
+        for symbol, book in books.items() if book.valid
+    ]
+    return snapshots, first
+
+
+def _chain(first: Event, rest: Iterator[Event]) -> Iterator[Event]:
+    yield first
+    yield from rest
