@@ -17,4 +17,5 @@ With IO (trio):
     ``clients.client``        ``connect()`` / ``Connection`` over wsproto
     ``clients.keeper``        ``BookKeeper``: resync, reconnect, resubscribe
     ``clients.subscribe``     ``run_subscribe`` / ``main``: the ``tickwire subscribe`` view
+    ``clients.recorder``      ``UrlRecorder``: ``tickwire record DIR --url URL``
 """

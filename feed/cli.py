@@ -16,9 +16,13 @@ from typing import Any
 
 import trio
 
-from feed.config import Config, ConfigError, load_config, parse_speed
-from feed.ingest import ReplaySource, SyntheticSource, run_ingester
+from feed.config import Config, ConfigError, load_config, parse_speed, parse_time_setting
+from feed.ingest import ReplaySource, SyntheticSource, UnknownSymbols, run_ingester
 from feed.server import Listening, Server
+from replay.cli import add_commands as add_file_commands
+from replay.cli import run as run_file_command
+from replay.codec import BadHeader
+from replay.sources import UnknownSource
 
 log = logging.getLogger("tickwire")
 
@@ -29,22 +33,28 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="serve order books, trades and BBO")
-    serve.add_argument("files", nargs="*", type=Path, metavar="FILES",
-                       help="tick files to replay (native or raw captures); none and no "
-                            "--synthetic: the embedded sample")
-    serve.add_argument("--speed", help="replay speed: a multiple of real time, or max")
-    serve.add_argument("--loop", action="store_true", default=None,
-                       help="restart the replay when it ends")
-    serve.add_argument("--synthetic", type=int, metavar="RATE",
-                       help="serve a synthetic market of RATE events per second")
-    serve.add_argument("--symbols", type=int, metavar="N",
-                       help="number of synthetic symbols")
+    _feed_arguments(serve)
+    serve.add_argument("--record", metavar="DIR",
+                       help="also record what the server ingests into tick files in DIR")
     _common(serve)
+
+    record = commands.add_parser(
+        "record", help="record a feed into rotating tick files",
+        description="Serve as `serve` does, recording what the server ingests into tick "
+                    "files in DIR; or, with --url, record what another tickwire server "
+                    "streams (--symbols: which symbols; default all).")
+    record.add_argument("record", metavar="DIR", help="directory of the recording")
+    _feed_arguments(record)
+    record.add_argument("--url", help="record this server (ws://HOST:PORT/v1/stream) "
+                                      "instead of serving")
+    _common(record)
 
     echo = commands.add_parser("echo", help="WebSocket echo server (conformance testing)")
     _common(echo)
     echo.add_argument("--max-message-bytes", type=int, metavar="N",
                       help="largest message accepted (default from config)")
+
+    add_file_commands(commands)
 
     sub = commands.add_parser("subscribe", help="live terminal view of a stream")
     sub.add_argument("symbols", nargs="+", metavar="SYMBOL")
@@ -52,6 +62,26 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--channel", choices=("book", "trades", "bbo"), default="book")
     sub.add_argument("--depth", type=int, default=10)
     return parser
+
+
+def _feed_arguments(parser: argparse.ArgumentParser) -> None:
+    """What to serve: the arguments ``serve`` and ``record`` share."""
+    parser.add_argument("files", nargs="*", type=Path, metavar="FILES",
+                        help="tick files to replay (native or raw captures); none and no "
+                             "--synthetic: the embedded sample")
+    parser.add_argument("--speed", help="replay speed: a multiple of real time, or max")
+    parser.add_argument("--loop", action="store_true", default=None,
+                        help="restart the replay when it ends")
+    parser.add_argument("--from", dest="start", metavar="TIME",
+                        help="replay from this ts_recv on: ISO-8601 (UTC unless an offset "
+                             "is given) or ns since the epoch; books start as they stood then")
+    parser.add_argument("--to", dest="end", metavar="TIME",
+                        help="replay the events received before this time")
+    parser.add_argument("--synthetic", type=int, metavar="RATE",
+                        help="serve a synthetic market of RATE events per second")
+    parser.add_argument("--symbols", metavar="LIST|N",
+                        help="replay only these symbols (comma-separated); with "
+                             "--synthetic, a number: how many synthetic symbols")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -65,12 +95,19 @@ def _config(args: argparse.Namespace) -> Config:
     config = load_config(args.config)
     overrides: dict[str, Any] = {}
     flags = {"host": "server.host", "port": "server.port", "speed": "feed.speed",
-             "loop": "feed.loop", "synthetic": "feed.synthetic_rate",
-             "symbols": "feed.synthetic_symbols", "max_message_bytes": "server.max_message_bytes"}
+             "loop": "feed.loop", "synthetic": "feed.synthetic_rate", "start": "feed.start",
+             "end": "feed.end", "max_message_bytes": "server.max_message_bytes",
+             "record": "record.dir"}
     for flag, setting in flags.items():
         value = getattr(args, flag, None)
         if value is not None:
             overrides[setting] = value
+    symbols = getattr(args, "symbols", None)
+    if symbols is not None:
+        if symbols.isdigit():
+            overrides["feed.synthetic_symbols"] = int(symbols)
+        else:
+            overrides["feed.symbols"] = [s for s in symbols.split(",") if s]
     files = getattr(args, "files", None)
     if files:
         overrides["feed.files"] = [str(f) for f in files]
@@ -82,6 +119,9 @@ def _source(config: Config) -> SyntheticSource | ReplaySource:
     if feed.synthetic_rate:
         if feed.files:
             raise ConfigError("feed: give tick files or --synthetic, not both")
+        if feed.symbols or feed.start or feed.end:
+            raise ConfigError("feed: symbols, start and end choose part of a replay; the "
+                              "synthetic market takes synthetic_symbols (a number)")
         return SyntheticSource(feed.synthetic_rate, feed.synthetic_symbols, feed.seed)
     speed = parse_speed(feed.speed)
     if feed.files:
@@ -89,10 +129,21 @@ def _source(config: Config) -> SyntheticSource | ReplaySource:
         missing = [p for p in paths if not p.is_file()]
         if missing:
             raise ConfigError(f"feed.files: no such file: {missing[0]}")
-        return ReplaySource(paths, speed, feed.loop)
-    from replay import sample_path
+        loop = feed.loop
+    else:
+        from replay import sample_path
 
-    return ReplaySource([sample_path()], speed, loop=True)
+        paths, loop = [sample_path()], True
+    start = parse_time_setting("feed.start", feed.start)
+    end = parse_time_setting("feed.end", feed.end)
+    try:
+        source = ReplaySource(paths, speed, loop, symbols=feed.symbols, start=start, end=end)
+        source.symbols()
+    except UnknownSymbols as exc:
+        raise ConfigError(f"feed.symbols: {exc}") from None
+    except (UnknownSource, BadHeader) as exc:
+        raise ConfigError(f"feed.files: {exc}") from None
+    return source
 
 
 async def _serve(config: Config, source: SyntheticSource | ReplaySource | None) -> None:
@@ -117,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command in ("convert", "inspect"):
+        return run_file_command(args)
     if args.command == "subscribe":
         from clients.subscribe import run_subscribe
 
@@ -125,9 +178,13 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             pass
         return 0
+    if args.command == "record" and args.url:
+        return _record_url(args)
     try:
         config = _config(args)
-        source = _source(config) if args.command == "serve" else None
+        source = _source(config) if args.command in ("serve", "record") else None
+        if config.record.dir and source is not None:
+            _record_dir(config.record.dir)
         trio.run(_serve, config, source)
     except ConfigError as exc:
         print(f"tickwire: {exc}", file=sys.stderr)
@@ -136,6 +193,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tickwire: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _record_dir(path: str) -> None:
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"record.dir: cannot create {path}: {exc.strerror or exc}") from None
+
+
+def _record_url(args: argparse.Namespace) -> int:
+    """``tickwire record DIR --url URL``: a client of another server, no server here."""
+    from clients.recorder import main as record_main
+
+    feed = [flag for flag, value in (("FILES", args.files), ("--synthetic", args.synthetic),
+                                     ("--speed", args.speed), ("--loop", args.loop),
+                                     ("--from", args.start), ("--to", args.end)) if value]
+    try:
+        if feed:
+            raise ConfigError(f"record --url records another server: {feed[0]} does not apply")
+        config = _config(args)
+        _record_dir(config.record.dir)
+    except ConfigError as exc:
+        print(f"tickwire: {exc}", file=sys.stderr)
+        return 2
+    symbols = [s for s in (args.symbols or "").split(",") if s]
+    return record_main(args.url, config.record, symbols)
 
 
 if __name__ == "__main__":

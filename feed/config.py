@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from replay.window import parse_time
+
 
 class ConfigError(ValueError):
     """A setting is unknown or has a bad value; the message names it."""
@@ -63,9 +65,25 @@ class FeedConfig:
     files: tuple[str, ...] = ()
     speed: str = "1"
     loop: bool = False
+    start: str = ""
+    end: str = ""
+    symbols: tuple[str, ...] = ()
     synthetic_rate: int = 0
     synthetic_symbols: int = 10
     seed: int = 0
+
+
+RECORD_EXTENSIONS = (".ticks.zst", ".ticks.gz", ".ticks")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordConfig:
+    dir: str = ""
+    rotate_bytes: int = 256 << 20
+    rotate_seconds: float = 3600.0
+    max_buffered_events: int = 100_000
+    flush_ms: int = 500
+    extension: str = ".ticks.zst"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +92,7 @@ class Config:
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     feed: FeedConfig = field(default_factory=FeedConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
         """A copy with ``{"section.key": value}`` overrides applied and checked."""
@@ -98,6 +117,17 @@ def parse_speed(text: str) -> float | None:
     return value
 
 
+def parse_time_setting(name: str, text: str) -> int | None:
+    """``feed.start`` / ``feed.end``: ``None`` when empty, else nanoseconds since the
+    epoch from ISO-8601 or an integer (see ``replay.window.parse_time``)."""
+    if not text:
+        return None
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
 _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "server.port": (lambda v: 0 <= v <= 65535, "a port number from 0 to 65535"),
     "compression.level": (lambda v: 1 <= v <= 9, "a zlib level from 1 to 9"),
@@ -105,11 +135,16 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "feed.synthetic_symbols": (lambda v: 1 <= v <= 10_000, "from 1 to 10000 symbols"),
     "feed.seed": (lambda v: True, "an integer"),
     "server.host": (lambda v: bool(v), "a host name or address"),
+    "record.rotate_bytes": (lambda v: v >= 0, "bytes, 0 (no rotation by size) or more"),
+    "record.rotate_seconds": (lambda v: v >= 0, "seconds, 0 (no rotation by time) or more"),
+    "record.flush_ms": (lambda v: 1 <= v <= 1000, "milliseconds from 1 to 1000"),
+    "record.extension": (lambda v: v in RECORD_EXTENSIONS,
+                         f"one of {', '.join(RECORD_EXTENSIONS)}"),
 }
 
 _SECTIONS: dict[str, type[Any]] = {
     "server": ServerConfig, "compression": CompressionConfig,
-    "client": ClientConfig, "feed": FeedConfig,
+    "client": ClientConfig, "feed": FeedConfig, "record": RecordConfig,
 }
 
 
@@ -140,6 +175,8 @@ def _check_value(name: str, default: Any, value: Any) -> Any:
         raise ConfigError(f"{name}: expected a positive number, got {value!r}")
     if name == "feed.speed":
         parse_speed(value)
+    elif name in ("feed.start", "feed.end"):
+        parse_time_setting(name, value)
     return value
 
 

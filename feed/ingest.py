@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -23,7 +23,9 @@ import trio
 from feed.events import Event
 from feed.hub import Hub
 from feed.synthetic import SyntheticMarket
+from replay.convert import describe
 from replay.sources import EventStream
+from replay.window import window
 
 if TYPE_CHECKING:
     from feed.server import Server
@@ -38,6 +40,7 @@ class Source(Protocol):
     """Where events come from."""
 
     name: str
+    origin: str | None  # the market, as tick-file headers name it (None: several)
     speed: float | None  # multiple of real time; None: as fast as possible
     loop: bool
 
@@ -62,6 +65,7 @@ class SyntheticSource:
 
     def __init__(self, rate: int, symbols: int, seed: int = 0) -> None:
         self.name = f"synthetic {rate}/s over {symbols} symbols"
+        self.origin: str | None = "synthetic"
         self.rate = rate
         self.speed: float | None = 1.0
         self.market = SyntheticMarket(symbols, seed=seed)
@@ -83,28 +87,57 @@ class SyntheticSource:
         return []
 
 
-class ReplaySource:
-    """Tick files (native or raw captures), merged in ``ts_recv`` order."""
+class UnknownSymbols(ValueError):
+    """Symbols chosen for a replay that its files do not hold."""
 
-    def __init__(self, paths: list[Path], speed: float | None, loop: bool) -> None:
+
+class ReplaySource:
+    """Tick files (native or raw captures), merged in ``ts_recv`` order, optionally
+    cut to a time window and a set of symbols (``replay.window``)."""
+
+    def __init__(
+        self,
+        paths: list[Path],
+        speed: float | None,
+        loop: bool,
+        *,
+        start: int | None = None,
+        end: int | None = None,
+        symbols: Sequence[str] = (),
+    ) -> None:
         self.name = "replay of " + ", ".join(p.name for p in paths)
+        self.origin, _ = describe(paths)
         self.paths = paths
         self.speed = speed
         self.loop = loop
+        self.start = start
+        self.end = end
+        self.only = tuple(symbols)
         self._stream: EventStream | None = None
         self._reported = 0
 
     def symbols(self) -> list[str]:
+        """The symbols replayed: those of the files, or the chosen ones (each of which
+        must be in the files: ``UnknownSymbols`` otherwise)."""
         stream = EventStream(self.paths)
         try:
-            return list(stream.symbols())
+            found = list(stream.symbols())
         finally:
             stream.close()
+        if not self.only:
+            return found
+        missing = [symbol for symbol in self.only if symbol not in found]
+        if missing:
+            raise UnknownSymbols(f"not in the files: {', '.join(missing)} "
+                                 f"(they hold {', '.join(found) or 'none'})")
+        return list(self.only)
 
     def events(self, start_ns: int) -> Iterator[tuple[int, Event]]:
         self._stream = EventStream(self.paths)
         self._reported = 0
-        for event in self._stream:
+        events = window(self._stream, start=self.start, end=self.end,
+                        symbols=self.only or None)
+        for event in events:
             yield event.ts_recv, event
 
     def problems(self) -> list[str]:
@@ -123,6 +156,8 @@ async def run_ingester(server: Server, source: Source) -> None:
         hub.add_symbol(symbol)
     server.feed_state = "running"
     log.info("feed: %s", source.name)
+    if server.recorder is not None:
+        server.recorder.source = source.origin
     while True:
         applied = await _one_pass(server, source)
         await trio.lowlevel.checkpoint()  # a short looped file must not starve the rest
@@ -142,6 +177,7 @@ async def _one_pass(server: Server, source: Source) -> int:
     clock = server.clock
     metrics = server.metrics
     apply_time = metrics.apply_time
+    record = server.recorder.offer if server.recorder is not None else None
     speed = source.speed
     start_wall = clock()
     start_trio = trio.current_time()
@@ -166,6 +202,8 @@ async def _one_pass(server: Server, source: Source) -> int:
             stamp = start_wall + int(offset_ns)
         began = time.perf_counter_ns()
         hub.apply(event, stamp)
+        if record is not None:
+            record(event, stamp)
         apply_time.observe(time.perf_counter_ns() - began)
         applied += 1
         since_yield += 1

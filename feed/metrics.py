@@ -11,6 +11,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (
@@ -20,6 +21,9 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from feed.recorder import RecorderStatistics
 
 # Bucket upper bounds in nanoseconds: 10 us to 1 s.
 _BOUNDS_NS = (10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
@@ -102,6 +106,28 @@ def stage_histogram(stages: dict[str, LatencyHistogram]) -> HistogramMetricFamil
     for stage, histogram in stages.items():
         family.add_metric([stage], histogram.buckets(), histogram.total_ns / 1e9)
     return family
+
+
+def record_families(stats: RecorderStatistics) -> Iterator[Metric]:
+    """The recorder's families (``serve --record``)."""
+    yield counter("tickwire_record_events", "Event lines written to the recording (with "
+                  "the gaps and snapshots the recorder adds)", stats.events)
+    yield counter("tickwire_record_dropped_events", "Events not recorded because the "
+                  "recorder's buffer was full (the disk slower than the feed)", stats.dropped)
+    yield counter("tickwire_record_gaps", "Gaps written into the recording for dropped "
+                  "events (each followed by a snapshot of the book)", stats.gaps)
+    yield counter("tickwire_record_bytes", "Compressed bytes written to recording files",
+                  stats.bytes)
+    yield counter("tickwire_record_files", "Recording files opened", stats.files)
+    yield gauge("tickwire_record_buffered_events", "Events waiting for the recorder's disk "
+                "writes", stats.buffered)
+    yield gauge("tickwire_record_buffer_fill", "Recorder buffer fill: waiting events over "
+                "record.max_buffered_events (1: events are being dropped)",
+                stats.buffered / stats.capacity if stats.capacity else 0.0)
+    yield gauge("tickwire_record_lag_seconds", "Age of the oldest event the recorder has "
+                "not written to its file yet (0: all written)", stats.lag_s)
+    yield gauge("tickwire_record_failed", "1 when a write error stopped the recording (the "
+                "log says which)", float(stats.failed))
 
 
 def exposition(read: Callable[[], Iterator[Metric]]) -> Callable[[], bytes]:

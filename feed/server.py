@@ -43,8 +43,10 @@ from feed.metrics import (
     exposition,
     gauge,
     labelled_counter,
+    record_families,
     stage_histogram,
 )
+from feed.recorder import HubBooks, Recorder
 from feed.session import CLOSE_GOING_AWAY, Session, SessionLimits, SessionStats
 from feed.wsconn import ConnectionLimits, Flusher, Peer, WebSocketConnection
 from feed.wsframe import Deflater
@@ -82,6 +84,8 @@ class Server:
         self.snapshotter = Snapshotter(self.hub, clock)
         self.flusher = Flusher()
         self.metrics = Metrics()
+        self.recorder = (Recorder(config.record, HubBooks(self.hub), clock=clock)
+                         if config.record.dir and not echo else None)
         self.session_stats = SessionStats()
         self.sessions: set[Peer] = set()
         self.feed_state = "starting"
@@ -117,6 +121,8 @@ class Server:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.snapshotter.run)
             nursery.start_soon(self.flusher.run)
+            if self.recorder is not None:
+                await nursery.start(self.recorder.run)
             if self._feed is not None:
                 nursery.start_soon(self._feed, self)
             async with trio.open_nursery() as connections:
@@ -295,3 +301,5 @@ class Server:
                     m.feed_behind_s)
         yield stage_histogram({"apply": m.apply_time, "due_to_write": m.due_to_write,
                                "write": m.write_time})
+        if self.recorder is not None:
+            yield from record_families(self.recorder.statistics())

@@ -57,6 +57,9 @@ class ServerFigures:
     bytes_sent: int
     cpu_us_per_message: float | None
     """Server CPU microseconds per message it sent."""
+    events_applied: int
+    """Feed events the server applied in the window (its ingest)."""
+    events_per_s: float
     lag_events: int
     dropped_messages: int
     closes: dict[str, int]
@@ -166,6 +169,8 @@ def server_figures(before: dict[str, float], after: dict[str, float],
         cpu_s=round(cpu, 3), cpu_cores=round(cpu / elapsed, 3) if elapsed > 0 else 0.0,
         messages_sent=sent, bytes_sent=int(delta("tickwire_bytes_sent_total")),
         cpu_us_per_message=round(cpu / sent * 1e6, 3) if sent else None,
+        events_applied=int(delta("tickwire_events_total")),
+        events_per_s=round(delta("tickwire_events_total") / elapsed, 1) if elapsed > 0 else 0.0,
         lag_events=int(delta("tickwire_lag_events_total")),
         dropped_messages=int(delta("tickwire_dropped_messages_total")),
         closes={k: v for k, v in closes.items() if v}, stage_mean_us=stages, writes=writes,
@@ -327,6 +332,8 @@ def format_report(report: Report) -> str:
         s = report.server
         per = f"{s.cpu_us_per_message:.2f} us" if s.cpu_us_per_message else "n/a"
         rows += [
+            ("server ingest", f"{s.events_per_s:,.0f} events/s ({s.events_applied:,} feed "
+                              "events applied)"),
             ("server CPU", f"{s.cpu_cores:.2f} cores ({s.cpu_s:.2f} s), {per} per message "
                            f"sent"),
             ("server sent", f"{s.messages_sent:,} messages, {_si(s.bytes_sent, 'B')}; "
