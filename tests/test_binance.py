@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import gzip
 import os
+import zlib
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -468,3 +469,45 @@ def test_the_bundled_sample_is_the_excerpt_make_sample_makes(tmp_path: Path) -> 
     assert bridge[0] < (raw.snapshot_line or 0)  # received before the snapshot
     assert (first.seq, first.ts_recv) == (bridge[2], snap.ts_recv)
     assert canonical("61837.63000000") in {price for price, _ in snap.bids}
+
+
+# -- damaged copies of the real captures ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["binance-spot/btcusdt_20240808.gz",
+                                  "binance-spot/btcusdt_20240809.gz"])
+def test_a_cut_copy_reads_up_to_the_cut(tmp_path: Path, name: str) -> None:
+    data = need(name).read_bytes()
+    cut = tmp_path / "cut.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    # What the cut file holds, decompressed independently: its complete lines.
+    text = zlib.decompressobj(wbits=31).decompress(data[: len(data) // 2])
+    complete = text.count(b"\n")
+    with open_events([cut]) as stream:
+        events = list(stream)
+        problems = list(stream.problems)
+    assert [(p.kind, p.line, p.offset) for p in problems] == [
+        (ProblemKind.TRUNCATED, complete + 1, text.rindex(b"\n") + 1)]
+    clean = imported(name)
+    assert 0.3 * len(clean) < len(events) < 0.7 * len(clean)
+    assert tuple(events) == clean[: len(events)]
+
+
+@pytest.mark.parametrize("name", ["binance-usdm/btcusdt_20240808.gz",
+                                  "binance-coinm/btcusd_perp_20240809.gz"])
+def test_a_corrupt_copy_reads_up_to_the_damage(tmp_path: Path, name: str) -> None:
+    data = bytearray(need(name).read_bytes())
+    middle = len(data) // 2
+    data[middle: middle + 64] = bytes(64)  # a run of zeros where deflate data was
+    bad = tmp_path / "bad.gz"
+    bad.write_bytes(bytes(data))
+    with open_events([bad]) as stream:
+        events = list(stream)
+        problems = list(stream.problems)
+    kinds = [p.kind for p in problems]
+    assert kinds[-1] is ProblemKind.CORRUPT  # the stream stops there, reported
+    assert set(kinds) <= {ProblemKind.CORRUPT, ProblemKind.MALFORMED}
+    assert all(p.line > 1 and p.offset > 0 for p in problems)
+    clean = imported(name)
+    assert 0.3 * len(clean) < len(events) < 0.7 * len(clean)
+    assert tuple(events) == clean[: len(events)]
