@@ -102,10 +102,13 @@ class Hub:
             notice = protocol.notice_message(
                 "gap", f"the feed lost {event.symbol}'s book; a book_snapshot follows when it "
                 "resumes", event.symbol)
-            for book_group in tuple(state.book_groups.values()):
-                book_group.on_gap()
-                # A control frame: the lag policy must not drop it with the book's.
-                book_group.publish(book_group.frame(notice), now, Kind.CONTROL)
+            for group in state.view_groups():
+                group.dirty = False  # a conflated group must not publish the emptied book
+                if isinstance(group, BookGroup):
+                    group.on_gap()
+                # A control frame: the lag policy must not drop it with the book's. bbo
+                # members get it too: their last bbo is stale until the next snapshot.
+                group.publish(group.frame(notice), now, Kind.CONTROL)
 
     # -- conflation -------------------------------------------------------------------
 
@@ -133,8 +136,9 @@ class Hub:
         while due and due[0][0] <= now:
             _, _, group = heapq.heappop(due)
             group.scheduled = False
-            if group.dirty and group.members:
-                group.on_change(self.symbols[group.symbol].book, None, now)
+            book = self.symbols[group.symbol].book
+            if group.dirty and group.members and book.valid:
+                group.on_change(book, None, now)
 
     # -- subscriptions ----------------------------------------------------------------
 

@@ -267,6 +267,33 @@ def test_gap_notice_survives_lag_and_no_stale_snapshot_is_sent(hub: Hub, clock) 
     assert [m["reason"] for m in out if m["type"] == "book_snapshot"][-1] == "lag"
 
 
+@pytest.mark.parametrize("interval_ms", [0, 100])
+def test_a_gap_reaches_book_and_bbo_members_and_nothing_stale_follows(
+        hub: Hub, clock, interval_ms: int) -> None:
+    s = session(hub, clock)
+    for channel in ("book", "bbo"):
+        request(s, clock, f'{{"op":"subscribe","channel":"{channel}","symbols":["BTC"],'
+                          f'"interval_ms":{interval_ms}}}')
+    drain(s)
+    clock.now += 150 * MS  # the first conflated publish is due at once, the next later
+    hub.apply(BookDelta("BTC", (("100", "5"),), (), 7, 7, seq=11), clock())
+    clock.now += 10 * MS
+    hub.apply(BookDelta("BTC", (("100", "6"),), (), 8, 8, seq=12), clock())  # conflated: pending
+    hub.apply(Gap("BTC", 9, 9, "sequence break"), clock())
+    clock.now += 500 * MS
+    hub.run_due(clock())  # the pending publish must not send the emptied book
+    before = drain(s)  # the gap notices come last: no book or bbo after them
+    assert [m["type"] for m in before[-2:]] == ["notice", "notice"]  # one per channel
+    assert all(m["code"] == "gap" and m["symbol"] == "BTC" for m in before[-2:])
+    hub.apply(BookSnapshot("BTC", (("90", "1"),), (("91", "1"),), 10, 10, seq=60), clock())
+    clock.now += 500 * MS
+    hub.run_due(clock())
+    after = drain(s)
+    assert sorted(m["type"] for m in after) == ["bbo", "book_snapshot"]
+    bbo = next(m for m in after if m["type"] == "bbo")
+    assert (bbo["seq"], bbo["bid"], bbo["ask"]) == (60, ["90", "1"], ["91", "1"])
+
+
 def test_error_replies_do_not_grow_with_the_request(hub: Hub, clock) -> None:
     s = session(hub, clock)
     (err,) = request(s, clock, '{"op":"' + "x" * 60_000 + '"}')
