@@ -12,6 +12,7 @@ The snapshotter publishes conflated groups (``interval_ms`` > 0) when they are d
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -48,6 +49,11 @@ class Source(Protocol):
         """Symbols known before the first event (more may appear later)."""
         ...
 
+    async def prepare(self) -> None:
+        """Get the next pass ready, so that its first event comes without delay (the
+        slow part runs in a worker thread; the server keeps serving)."""
+        ...
+
     def events(self, start_ns: int) -> Iterator[tuple[int, Event]]:
         """One pass: (source time in ns, event) in source-time order. ``start_ns`` is
         the wall-clock time of the pass's first release."""
@@ -55,6 +61,10 @@ class Source(Protocol):
 
     def problems(self) -> list[str]:
         """Damage found in the input since the last call (each with its position)."""
+        ...
+
+    def close(self) -> None:
+        """Release the files of the pass under way."""
         ...
 
 
@@ -72,6 +82,12 @@ class SyntheticSource:
 
     def symbols(self) -> list[str]:
         return list(self.market.symbols)
+
+    async def prepare(self) -> None:
+        return
+
+    def close(self) -> None:
+        return
 
     def events(self, start_ns: int) -> Iterator[tuple[int, Event]]:
         for snapshot in self.market.snapshots(start_ns):
@@ -114,6 +130,7 @@ class ReplaySource:
         self.end = end
         self.only = tuple(symbols)
         self._stream: EventStream | None = None
+        self._pass: Iterator[Event] = iter(())
         self._reported = 0
 
     def symbols(self) -> list[str]:
@@ -132,13 +149,26 @@ class ReplaySource:
                                  f"(they hold {', '.join(found) or 'none'})")
         return list(self.only)
 
-    def events(self, start_ns: int) -> Iterator[tuple[int, Event]]:
-        self._stream = EventStream(self.paths)
+    async def prepare(self) -> None:
+        """Open the files and read up to the first event of the window. With ``--from``
+        that means folding everything before it into the books (``replay.window``),
+        which may take minutes on a long recording: it runs in a worker thread."""
+        self.close()
+        self._stream = stream = EventStream(self.paths)
         self._reported = 0
-        events = window(self._stream, start=self.start, end=self.end,
-                        symbols=self.only or None)
-        for event in events:
+        events = window(stream, start=self.start, end=self.end, symbols=self.only or None)
+        first = await trio.to_thread.run_sync(next, events, None, abandon_on_cancel=True)
+        self._pass = iter(()) if first is None else itertools.chain((first,), events)
+
+    def events(self, start_ns: int) -> Iterator[tuple[int, Event]]:
+        for event in self._pass:
             yield event.ts_recv, event
+        self.close()
+
+    def close(self) -> None:
+        self._pass = iter(())
+        if self._stream is not None:
+            self._stream.close()
 
     def problems(self) -> list[str]:
         if self._stream is None:
@@ -158,14 +188,17 @@ async def run_ingester(server: Server, source: Source) -> None:
     log.info("feed: %s", source.name)
     if server.recorder is not None:
         server.recorder.source = source.origin
-    while True:
-        applied = await _one_pass(server, source)
-        await trio.lowlevel.checkpoint()  # a short looped file must not starve the rest
-        if not source.loop:
-            break
-        if not applied:
-            log.warning("feed: %s holds no events; not looping it", source.name)
-            break
+    try:
+        while True:
+            applied = await _one_pass(server, source)
+            await trio.lowlevel.checkpoint()  # a short looped file must not starve the rest
+            if not source.loop:
+                break
+            if not applied:
+                log.warning("feed: %s holds no events; not looping it", source.name)
+                break
+    finally:
+        source.close()
     server.feed_state = "ended"
     server.broadcast_notice("replay_end", f"the replay ({source.name}) has ended")
     log.info("feed ended: %s", source.name)
@@ -179,6 +212,7 @@ async def _one_pass(server: Server, source: Source) -> int:
     apply_time = metrics.apply_time
     record = server.recorder.offer if server.recorder is not None else None
     speed = source.speed
+    await source.prepare()
     start_wall = clock()
     start_trio = trio.current_time()
     first: int | None = None

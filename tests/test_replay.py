@@ -5,6 +5,7 @@ determinism (the same files and options give the same messages)."""
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,9 +26,11 @@ from feed.events import BookDelta, BookSnapshot, Event, Gap, Level, Trade
 from feed.ingest import ReplaySource, run_ingester
 from feed.server import Server
 from replay import book_tickers, open_events, sample_path
+from replay import window as window_module
 from replay.tickfile import TickReader, TickWriter
 from replay.window import parse_time, window
 from tests.test_binance import FIRST_DAY, compare_with_book_tickers, imported, need
+from tests.test_server import http_get
 
 T0 = 1_700_000_000_000_000_000
 MS = 1_000_000
@@ -296,3 +299,38 @@ async def test_kraken_and_coinbase_books_reach_clients_intact(
     for symbol in symbols:
         assert books[symbol].top(10) == (expected[symbol].bids.top(10),
                                          expected[symbol].asks.top(10)), symbol
+
+
+async def test_folding_up_to_from_does_not_stall_the_server(
+        nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "m.ticks"
+    with TickWriter(path, symbols=["A", "B"]) as writer:
+        writer.write_all(market())
+    gate = threading.Event()
+    fold = window_module._fold_until
+
+    def slow_fold(*args: Any) -> Any:  # a long recording: the fold takes a while
+        assert gate.wait(20), "the test never let the fold finish"
+        return fold(*args)
+
+    monkeypatch.setattr(window_module, "_fold_until", slow_fold)
+    source = ReplaySource([path], speed=None, loop=False, start=T0 + 7 * MS)
+    server = Server(Config().with_overrides({"server.port": 0}),
+                    lambda server: run_ingester(server, source))
+    listening = await nursery.start(server.run)
+    async with connect(listening.url) as conn:
+        try:
+            with trio.fail_after(5):  # the fold runs beside the event loop, not on it
+                status, body = await http_get(listening.url, "/healthz")
+                assert status == 200 and orjson.loads(body)["feed"] == "running"
+                await conn.subscribe("book", ["A"])
+                assert (await conn.receive())["type"] == "subscribed"
+        finally:
+            gate.set()
+        got: list[dict[str, Any]] = []
+        with trio.fail_after(10):
+            while not got or got[-1]["type"] != "notice":
+                got.append(await conn.receive())
+    assert [(m["type"], m.get("seq")) for m in got] == [
+        ("book_snapshot", 15), ("book_update", 17), ("notice", None)]
+    server.shutdown()
