@@ -1,8 +1,10 @@
-"""The ``tickwire`` command line: serve, echo, subscribe.
+"""The ``tickwire`` command line: serve, record, convert, inspect, echo, subscribe.
 
 ``tickwire serve`` with no source serves the embedded default: a bundled excerpt of a
-real Binance capture, replayed in a loop at real time. Flags override the config file;
-a bad flag or setting is refused at start with a message naming it (exit status 2).
+real Binance capture, replayed in a loop at real time. ``record`` serves and records
+(or, with ``--url``, records another server); ``convert`` and ``inspect`` are
+``replay.cli``'s. Flags override the config file; a bad flag, setting or input file is
+refused at start with a message naming it (exit status 2).
 """
 
 from __future__ import annotations
@@ -105,6 +107,9 @@ def _config(args: argparse.Namespace) -> Config:
     symbols = getattr(args, "symbols", None)
     if symbols is not None:
         if symbols.isdigit():
+            if not (args.synthetic or config.feed.synthetic_rate):
+                raise ConfigError(f"--symbols {symbols}: a number is the synthetic market's "
+                                  "symbol count; to replay some symbols, name them")
             overrides["feed.synthetic_symbols"] = int(symbols)
         else:
             overrides["feed.symbols"] = [s for s in symbols.split(",") if s]
@@ -136,6 +141,8 @@ def _source(config: Config) -> SyntheticSource | ReplaySource:
         paths, loop = [sample_path()], True
     start = parse_time_setting("feed.start", feed.start)
     end = parse_time_setting("feed.end", feed.end)
+    if start is not None and end is not None and start >= end:
+        raise ConfigError(f"feed.start ({feed.start}) must be before feed.end ({feed.end})")
     try:
         source = ReplaySource(paths, speed, loop, symbols=feed.symbols, start=start, end=end)
         source.symbols()
@@ -143,6 +150,9 @@ def _source(config: Config) -> SyntheticSource | ReplaySource:
         raise ConfigError(f"feed.symbols: {exc}") from None
     except (UnknownSource, BadHeader) as exc:
         raise ConfigError(f"feed.files: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"feed.files: cannot read {exc.filename or 'a file'}: "
+                          f"{exc.strerror or exc}") from None
     return source
 
 

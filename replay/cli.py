@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from .codec import BadHeader
-from .convert import convert
+from .convert import SameFile, convert
 from .lines import Problem, StrPath, bytes_read
 from .sources import SourceKind, UnknownSource, detect, open_events
 from .tickfile import EventCounts, TickReader
@@ -32,7 +32,9 @@ SHOWN_GAPS = 20
 
 class Progress:
     """A one-line progress display on ``stream``, redrawn at most ``hz`` times a second,
-    only when ``stream`` is a terminal. Call it with the number of events done."""
+    only when ``stream`` is a terminal. Call it with the number of events done; a call
+    with 0 says that reading starts now (bytes read before, say to detect the files,
+    do not count)."""
 
     def __init__(self, label: str, total_bytes: int, stream: TextIO = sys.stderr,
                  hz: float = 5.0) -> None:
@@ -48,6 +50,9 @@ class Progress:
 
     def __call__(self, events: int) -> None:
         if not self.enabled:
+            return
+        if not events:
+            self._base = bytes_read()
             return
         now = time.monotonic()
         if now - self._drawn < self._period:
@@ -172,6 +177,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         result: int = args.run(args)
         return result
-    except (OSError, BadHeader, UnknownSource) as exc:
+    except (OSError, BadHeader, UnknownSource, SameFile) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -4,14 +4,17 @@ tick file.
 ``convert(paths, dst)`` streams ``open_events(paths)`` into a ``TickWriter``: constant
 memory, so the header carries no time span (``replay.tickfile.inspect`` computes it).
 The header's ``source`` and ``symbols`` are taken from the inputs when they agree.
-``PROGRESS_EVERY`` events, an optional callback hears how far it has got.
+``PROGRESS_EVERY`` events (and once with 0 when reading starts), an optional callback
+hears how far it has got.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from feed.events import Event
 
@@ -21,6 +24,10 @@ from .sources import CRYPTOFEED_READERS, SourceKind, detect, open_events
 from .tickfile import TickReader, TickWriter
 
 PROGRESS_EVERY = 1 << 13
+
+
+class SameFile(ValueError):
+    """The output of a conversion is one of its inputs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,27 +73,47 @@ def convert(
 ) -> ConvertStats:
     """Write every event of ``paths`` (merged in ``ts_recv`` order) to the tick file
     ``dst``, compressed by its name. ``source`` / ``symbols`` default to ``describe``'s.
-    ``progress`` is called with the number of events written so far, every
-    ``PROGRESS_EVERY`` events.
+    ``progress`` is called with 0 when reading starts, then with the number of events
+    written so far every ``PROGRESS_EVERY`` events.
 
-    Raises what ``open_events`` raises, and ``OSError`` when ``dst`` cannot be written.
+    The output is written to a temporary file beside ``dst`` and renamed over it when
+    complete, so a failed conversion leaves no half-written ``dst``, and ``dst`` may not
+    be one of the inputs. Raises ``SameFile`` for that, what ``open_events`` raises, and
+    ``OSError`` when ``dst`` cannot be written.
     """
     started = time.perf_counter()
+    target = Path(dst)
+    for path in paths:
+        if target.exists() and os.path.samefile(path, target):
+            raise SameFile(f"{dst} is also an input: converting would overwrite it")
     if source is None or symbols is None:
         found_source, found_symbols = describe(paths)
         source = found_source if source is None else source
         symbols = found_symbols if symbols is None else symbols
-    with (
-        open_events(paths) as events,
-        TickWriter(dst, source=source, symbols=symbols, level=level) as writer,
-    ):
-        if progress is None:
-            count = writer.write_all(events)
-        else:
-            count = _write_reporting(writer, events, progress)
-        return ConvertStats(
-            count, events.malformed, tuple(events.problems), time.perf_counter() - started
-        )
+    if progress is not None:
+        progress(0)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial{_extension(target)}")
+    try:
+        with (
+            open_events(paths) as events,
+            TickWriter(partial, source=source, symbols=symbols, level=level) as writer,
+        ):
+            if progress is None:
+                count = writer.write_all(events)
+            else:
+                count = _write_reporting(writer, events, progress)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return ConvertStats(
+        count, events.malformed, tuple(events.problems), time.perf_counter() - started
+    )
+
+
+def _extension(path: Path) -> str:
+    """``.gz`` or ``.zst`` when the name asks for that compression, else nothing."""
+    name = path.name
+    return next((ext for ext in (".gz", ".zst") if name.endswith(ext)), "")
 
 
 def _write_reporting(

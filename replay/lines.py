@@ -170,7 +170,12 @@ class LineStream:
         self.path = str(path)
         self.problems: list[Problem] = [] if problems is None else problems
         self._file: io.BufferedReader = open(path, "rb")  # closed by the generator, or close()
-        self.compression = compression_of(self._file.peek(4)[:4])
+        try:
+            head = self._file.peek(4)[:4]
+        except OSError as exc:  # name the file: a read error does not
+            self._file.close()
+            raise OSError(exc.errno, exc.strerror, self.path) from None
+        self.compression = compression_of(head)
         self._lines = _lines(self._file, self.compression, chunk_size, self.path, self.problems)
 
     def __iter__(self) -> Iterator[tuple[int, int, bytes]]:

@@ -24,32 +24,46 @@ from datetime import UTC, datetime, timedelta
 from feed.book import Book
 from feed.events import BookDelta, BookSnapshot, Event, Gap
 
-_FRACTION = re.compile(r"[.,]([0-9]+)")
+_ISO = re.compile(
+    r"(?P<date>[0-9]{4}-[0-9]{2}-[0-9]{2})"
+    r"(?:[T ](?P<time>[0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,](?P<fraction>[0-9]{1,9}))?)?))?"
+    r"(?P<zone>Z|[+-][0-9]{2}:?[0-9]{2})?")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND = timedelta(seconds=1)
+SMALLEST_NS = 10**17
+"""Integers below this (1973) are refused: they are seconds, ms or µs, not ns."""
 
 
 def parse_time(text: str) -> int:
     """Nanoseconds since the Unix epoch from ``"1723161300000000000"`` or an ISO-8601
-    time such as ``"2024-08-08T23:55:00.123456789Z"`` (nanosecond digits kept, no
-    offset meaning UTC). Raises ``ValueError`` naming the text."""
+    time such as ``"2024-08-08T23:55:00.123456789Z"``: a date, optionally a time (HH:MM,
+    HH:MM:SS, and up to nine fraction digits after the seconds) and an offset (``Z``,
+    ``+02:00``; none means UTC). Raises ``ValueError`` naming the text."""
     stripped = text.strip()
     if stripped.isdigit():
-        return int(stripped)
-    fraction = _FRACTION.search(stripped)
-    digits = ""
-    if fraction is not None:  # datetime keeps microseconds only: take the digits apart
-        digits = fraction.group(1)
-        stripped = stripped[: fraction.start()] + stripped[fraction.end():]
-    try:
-        moment = datetime.fromisoformat(stripped)
-    except ValueError:
-        raise ValueError(f"expected ISO-8601 or nanoseconds since the epoch, "
-                         f"got {text!r}") from None
+        value = int(stripped)
+        if value < SMALLEST_NS:
+            raise ValueError(f"{text!r} is not nanoseconds since the epoch (seconds, ms "
+                             "or µs?); give ns or an ISO-8601 time")
+        return value
+    match = _ISO.fullmatch(stripped)
+    moment = None
+    fraction = ""
+    if match is not None:
+        fraction = match["fraction"] or ""
+        whole = match["date"] + "T" + (match["time"] or "00:00")
+        if fraction:
+            whole = whole[: -len(fraction) - 1]
+        try:
+            moment = datetime.fromisoformat(whole + (match["zone"] or ""))
+        except ValueError:
+            moment = None
+    if moment is None:
+        raise ValueError(f"expected ISO-8601 or nanoseconds since the epoch, got {text!r}")
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     seconds = (moment - _EPOCH) // _SECOND
-    return seconds * 1_000_000_000 + int((digits + "000000000")[:9])
+    return seconds * 1_000_000_000 + int((fraction + "000000000")[:9])
 
 
 def window(

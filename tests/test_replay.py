@@ -49,12 +49,21 @@ ROOMY = {"client.max_queued_bytes": 1 << 30, "client.max_queue_age_ms": 600_000,
     ("2024-08-08T23:55:00.000000001Z", 1723161300000000001),
     ("2024-08-08T23:55:00.5+01:00", 1723157700500000000),
     ("2024-08-08 23:55:00.123456789+00:00", 1723161300123456789),
+    ("2024-08-08", 1723075200000000000),
+    ("2024-08-08T23:55", 1723161300000000000),
+    ("2024-08-08T23:55:00-0130", 1723166700000000000),
 ])
 def test_parse_time(text: str, ns: int) -> None:
     assert parse_time(text) == ns
 
 
-@pytest.mark.parametrize("text", ["", "yesterday", "2024-13-01T00:00:00Z", "-5", "1.5"])
+@pytest.mark.parametrize("text", [
+    "", "yesterday", "2024-13-01T00:00:00Z", "-5", "1.5",
+    "1723161300",  # seconds, not ns
+    "2024-08-08T23:55.5",  # a fraction of a minute is not ISO-8601's seconds
+    "2024-08-08T23:55:00.5.7Z", "2024-08-08T23:55:00+02:00:00.5", "2024-08-08.5",
+    "2024-08-08T23:55:00.1234567891Z",  # ten fraction digits: below a nanosecond
+])
 def test_parse_time_refuses_what_is_not_a_time(text: str) -> None:
     with pytest.raises(ValueError, match="ISO-8601"):
         parse_time(text)

@@ -136,3 +136,38 @@ def test_one_symbol_from_two_markets_is_refused(tmp_path: Path,
     assert "one symbol cannot be two markets" in capsys.readouterr().err
     # The same market twice (say, two files of one recording) merges.
     assert main(["convert", str(spot), str(spot), "-o", str(tmp_path / "y.ticks")]) == 0
+
+
+def test_convert_never_overwrites_an_input(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "day.ticks"
+    write_file(path)
+    before = path.read_bytes()
+    assert main(["convert", str(path), "-o", str(path)]) == 2
+    assert "is also an input" in capsys.readouterr().err
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["day.ticks"]  # nothing left over
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--from", "2024-08-08T23:55:00Z", "--to", "2024-08-08T23:54:00Z"],
+     "feed.start (2024-08-08T23:55:00Z) must be before feed.end"),
+    (["--symbols", "5"], "--symbols 5: a number is the synthetic market's symbol count"),
+    (["--from", "1723161300"], "feed.start: '1723161300' is not nanoseconds"),
+])
+def test_serve_refuses_options_that_contradict(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str],
+                                               args: list[str], message: str) -> None:
+    path = tmp_path / "day.ticks"
+    write_file(path)
+    assert main(["serve", str(path), "--port", "0", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_unreadable_file_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    unreadable = "/proc/self/mem"  # a regular file whose first read fails (EIO), even for root
+    if not Path(unreadable).is_file():
+        pytest.skip(f"no {unreadable} on this system")
+    assert main(["serve", unreadable, "--port", "0"]) == 2
+    assert (f"feed.files: cannot read {unreadable}: Input/output error"
+            in capsys.readouterr().err)
