@@ -94,13 +94,16 @@ class Book:
     applied while the book is not valid.
     """
 
-    __slots__ = ("_offset", "asks", "bids", "seq", "symbol", "ts_event", "ts_recv", "valid")
+    __slots__ = ("_offset", "asks", "bids", "seq", "source_seq", "symbol", "ts_event", "ts_recv",
+                 "valid")
 
     def __init__(self, symbol: str) -> None:
         self.symbol = symbol
         self.bids = BookSide(bid=True)
         self.asks = BookSide(bid=False)
         self.seq = 0
+        self.source_seq: int | None = None
+        """The source's own ``seq`` of the last event applied (``None``: it has none)."""
         self.ts_event = 0
         self.ts_recv = 0
         self.valid = False
@@ -122,6 +125,7 @@ class Book:
         _set_all(self.bids, event.bids)
         _set_all(self.asks, event.asks)
         self.seq = self._next_seq(event.seq)
+        self.source_seq = event.seq
         self.ts_event = event.ts_event
         self.ts_recv = ts_recv
         self.valid = True
@@ -134,6 +138,7 @@ class Book:
             return None
         change = BookChange(_set_all(self.bids, event.bids), _set_all(self.asks, event.asks))
         self.seq = self._next_seq(event.seq)
+        self.source_seq = event.seq
         self.ts_event = event.ts_event
         self.ts_recv = ts_recv
         return change

@@ -97,7 +97,6 @@ def _fold_until(
     """Fold the book events before ``start``: the snapshots of the valid books at
     ``start``, and the first event at or after it (``None`` when there is none)."""
     books: dict[str, Book] = {}
-    seqs: dict[str, int | None] = {}
     first: Event | None = None
     for event in stream:
         if event.ts_recv >= start:
@@ -112,16 +111,13 @@ def _fold_until(
         if isinstance(event, BookSnapshot):
             book.apply_snapshot(event, event.ts_recv)
         elif isinstance(event, BookDelta):
-            if book.apply_delta(event, event.ts_recv) is None:
-                continue
+            book.apply_delta(event, event.ts_recv)  # ignored while the book is not valid
         elif isinstance(event, Gap):
             book.invalidate()
-        else:
-            continue
-        seqs[symbol] = None if isinstance(event, Gap) else event.seq
     snapshots = [
         BookSnapshot(symbol, tuple(book.bids.top(len(book.bids))),
-                     tuple(book.asks.top(len(book.asks))), book.ts_event, start, seqs[symbol])
+                     tuple(book.asks.top(len(book.asks))), book.ts_event, start,
+                     book.source_seq)
         for symbol, book in books.items() if book.valid
     ]
     return snapshots, first
