@@ -137,7 +137,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "server.host": (lambda v: bool(v), "a host name or address"),
     "record.rotate_bytes": (lambda v: v >= 0, "bytes, 0 (no rotation by size) or more"),
     "record.rotate_seconds": (lambda v: v >= 0, "seconds, 0 (no rotation by time) or more"),
-    "record.flush_ms": (lambda v: 1 <= v <= 1000, "milliseconds from 1 to 1000"),
+    "record.flush_ms": (lambda v: 1 <= v <= 800, "milliseconds from 1 to 800"),
     "record.extension": (lambda v: v in RECORD_EXTENSIONS,
                          f"one of {', '.join(RECORD_EXTENSIONS)}"),
 }

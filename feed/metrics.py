@@ -113,7 +113,8 @@ def record_families(stats: RecorderStatistics) -> Iterator[Metric]:
     yield counter("tickwire_record_events", "Event lines written to the recording (with "
                   "the gaps and snapshots the recorder adds)", stats.events)
     yield counter("tickwire_record_dropped_events", "Events not recorded because the "
-                  "recorder's buffer was full (the disk slower than the feed)", stats.dropped)
+                  "recorder's buffer was full (the disk slower than the feed) or the "
+                  "recording had failed", stats.dropped)
     yield counter("tickwire_record_gaps", "Gaps written into the recording for dropped "
                   "events (each followed by a snapshot of the book)", stats.gaps)
     yield counter("tickwire_record_bytes", "Compressed bytes written to recording files",
