@@ -35,10 +35,16 @@ def canonical(text: str) -> str:
     try:
         value = Decimal(text)
     except InvalidOperation:
-        raise BadDecimal(f"not a decimal number: {text!r}") from None
+        raise BadDecimal(f"not a decimal number: {_shown(text)}") from None
     if not value.is_finite() or value.is_signed() and value != 0:
-        raise BadDecimal(f"not a finite non-negative decimal: {text!r}")
+        raise BadDecimal(f"not a finite non-negative decimal: {_shown(text)}")
     return format_decimal(value)
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """``text`` as a repr for an error message, cut to about ``limit`` characters (the
+    input may be a whole damaged line)."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 
 def format_decimal(value: Decimal) -> str:

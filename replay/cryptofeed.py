@@ -21,24 +21,36 @@ Each symbol's book goes through the same states with both venues (``BookStatus``
 
     AWAITING --snapshot--> LIVE --apply--> LIVE
         |                    |
-        | update first       | break (Kraken: checksum mismatch)
+        | update first       | break: an unreadable update,
+        |                    | or (Kraken) a checksum mismatch
         v                    v
        LOST <----------------+
     LIVE, LOST --snapshot--> LIVE
 
 An update before any snapshot puts ``Gap(reason="no snapshot")`` in its place, once;
 a break puts a ``Gap`` with its reason. In LOST nothing is emitted for the book until
-the next snapshot.
+the next snapshot. An update that names its symbol but cannot be read breaks a LIVE
+book at once: neither venue's book would ever show the hole (Coinbase's has no sequence
+numbers and no checksum; Kraken's next checksum would, one update late).
 
-Exceptions: importers raise ``BadMessage`` (a ``ValueError``) for a message they
-cannot understand and ``feed.decimals.BadDecimal`` for a bad price or size, with their
-state unchanged; the reader reports such a line and skips it. Damage never raises out
-of a reader's iteration (see ``replay.lines``).
+Exceptions (all ``ValueError``)::
+
+    BadMessage      a message the importer cannot understand
+    BadDecimal      (feed.decimals) a bad price or size
+    BookLost        an unreadable update of a LIVE book: carries its ``cause`` (one
+                    of the two above) and the ``gap`` that takes its place
+
+An importer raises ``BadMessage`` and ``BadDecimal`` with its state unchanged, and
+``BookLost`` with the book moved to LOST. The reader reports such a line with its
+``cause`` and skips it, yielding the ``gap`` of a ``BookLost``. Damage never raises out
+of a reader's iteration (see ``replay.lines``). Details echo what arrived through
+``shown``, which bounds it: a line may hold 64 MiB, and problems are kept and logged.
 """
 
 from __future__ import annotations
 
 import re
+import reprlib
 from collections.abc import Callable, Generator, Iterable
 from enum import Enum
 from functools import lru_cache
@@ -52,16 +64,43 @@ from feed.events import Event, Gap
 from .binance import Step as Step  # the same steps as Binance's books take
 from .lines import LineStream, Problem, ProblemKind, StrPath, Tally
 
-_SECONDS = re.compile(r"([0-9]+)(?:\.([0-9]{1,9}))?")
+_SECONDS = re.compile(r"([0-9]{1,12})(?:\.([0-9]{1,9}))?")  # int() of 4,301 digits raises
 _CONNECTED = re.compile(rb"(\S+) <-> [0-9.]+")
 _PROBE_LINES = 100
+SHOWN_CHARS = 80
+"""The most characters of a received value that a problem's detail echoes."""
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 3
+_REPR.maxlist = _REPR.maxdict = 6
+_REPR.maxstring = _REPR.maxother = SHOWN_CHARS
 decimal = lru_cache(maxsize=4096)(canonical)
-"""``feed.decimals.canonical`` remembered: a feed repeats the same prices and sizes."""
+"""``feed.decimals.canonical``, remembered (a feed repeats the same prices and sizes)."""
+
+
+def shown(value: Any) -> str:
+    """A received value as a problem's detail echoes it: its repr, built from a few
+    items of each container a few levels deep (``reprlib``) and cut to
+    ``SHOWN_CHARS``. A plain ``repr`` would copy a 64 MiB value whole, and fails on
+    deep nesting."""
+    text = _REPR.repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
 
 
 class BadMessage(ValueError):
     """A capture line or message that is not what the venue sends."""
+
+
+class BookLost(ValueError):
+    """An update of a LIVE book that cannot be read: the book is now LOST, and
+    ``gap`` (``Gap(reason="unreadable update: ...")`` at the receive time, the
+    message's own time being unreadable too, perhaps) takes the update's place.
+    ``cause`` is the ``BadMessage`` or ``BadDecimal`` that says why."""
+
+    def __init__(self, symbol: str, ts_recv: int, cause: BadMessage | BadDecimal) -> None:
+        super().__init__(f"{symbol}: {cause}")
+        self.cause = cause
+        self.gap = Gap(symbol, ts_recv, ts_recv, f"unreadable update: {cause}")
 
 
 class LineKind(Enum):
@@ -75,11 +114,11 @@ class LineKind(Enum):
 
 def unix_ns(text: str) -> int:
     """Unix seconds written as decimal text (``"1618678132.3858151"``) as exact integer
-    nanoseconds; raises ``BadMessage`` for anything else, and for more than 9 decimals
-    (a time that nanoseconds cannot hold exactly)."""
+    nanoseconds; raises ``BadMessage`` for anything else, for more than 9 decimals (a
+    time that nanoseconds cannot hold exactly) and for more than 12 whole digits."""
     match = _SECONDS.fullmatch(text)
     if match is None:
-        raise BadMessage(f"not a time in Unix seconds (at most 9 decimals): {text!r}")
+        raise BadMessage(f"not Unix seconds (12 digits, 9 decimals at most): {shown(text)}")
     whole, fraction = match.groups()
     return int(whole) * 1_000_000_000 + (int(fraction.ljust(9, "0")) if fraction else 0)
 
@@ -167,6 +206,15 @@ class BookStatus:
             self.step(Step.NO_SNAPSHOT)
         return self.state is BookState.LIVE
 
+    def unreadable(self, symbol: str, ts_recv: int, cause: BadMessage | BadDecimal) -> ValueError:
+        """What to raise for an update of this book that cannot be read: a LIVE book
+        breaks and it is a ``BookLost``; in any other state nothing changes and it is
+        ``cause`` itself."""
+        if self.state is not BookState.LIVE:
+            return cause
+        self.step(Step.BREAK)
+        return BookLost(symbol, ts_recv, cause)
+
 
 class Importer(Protocol):
     """What ``CryptofeedReader`` needs of a venue's importer."""
@@ -176,7 +224,8 @@ class Importer(Protocol):
     reader moves them to its ``problems`` with the line's position."""
 
     def feed(self, ts_recv: int, message: Any) -> list[Event]:
-        """Take one received message; return the events it makes known."""
+        """Take one received message; return the events it makes known. Raises
+        ``BadMessage``, ``BadDecimal`` and ``BookLost`` (see the module docstring)."""
         ...
 
 
@@ -249,10 +298,13 @@ def _events(
                 if kind is not LineKind.RECEIVED:
                     continue
                 events = feed(ts_recv, _json(body))
+            except BookLost as lost:  # skipped, with a Gap in its place
+                tally.skip(problems, path, line_no, offset, lost.cause)
+                events = [lost.gap]
             except (BadDecimal, BadMessage) as exc:
                 tally.skip(problems, path, line_no, offset, exc)
                 continue
-            if ts_recv < last:  # a skipped line's time does not count
+            if ts_recv < last:  # the time of a line skipped without a Gap does not count
                 detail = f"receive time {ts_recv} is before the previous line's {last}"
                 problems.append(Problem(path, line_no, offset, ProblemKind.OUT_OF_ORDER, detail))
             last = ts_recv

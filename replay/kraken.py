@@ -30,18 +30,22 @@ as an unsigned decimal. Every update's ``c`` is checked (``verified`` counts the
 matches). On a mismatch the update is not emitted: a ``Gap`` is, a ``checksum``
 problem is reported, and nothing more is emitted for the pair until its next snapshot.
 An update before the pair's first snapshot gives ``Gap(reason="no snapshot")`` once.
+A book message that names its pair but is no readable snapshot breaks a LIVE book at
+once (``BookLost``, ``Gap(reason="unreadable update: ...")``) rather than at the next
+checksum.
 
 Times: ``ts_event`` is the latest level timestamp of the message (exact ns; a snapshot
 or update without levels takes its receive time). Kraken v1 has no sequence numbers:
 ``seq`` is ``None``. Nor has it trade ids: ``trade_id`` is ``"<time>-<index>"``, the
 trade's time as sent and its position in the message, the same on every read.
 
-Raises ``BadMessage`` and ``BadDecimal`` as ``replay.cryptofeed`` says, with the state
-unchanged.
+Raises ``BadMessage`` and ``BadDecimal`` with the state unchanged, and ``BookLost``,
+as ``replay.cryptofeed`` says.
 """
 
 from __future__ import annotations
 
+import re
 import zlib
 from bisect import bisect_left, insort
 from collections.abc import Iterable
@@ -49,20 +53,25 @@ from decimal import Decimal
 from itertools import chain
 from typing import Any, NamedTuple
 
+from feed.decimals import BadDecimal
 from feed.events import BookDelta, BookSnapshot, Event, Gap, Level, Side, Trade
 
 from .cryptofeed import (
     BadMessage,
+    BookLost,
     BookState,
     BookStatus,
     CryptofeedReader,
     Step,
     decimal,
+    shown,
     unix_ns,
 )
 from .lines import Problem, ProblemKind, StrPath
 
 CHECKSUM_LEVELS = 10
+_DEPTH = re.compile(r"book-([0-9]{1,9})")  # ASCII digits (str.isdigit takes "²"), bounded
+_CHECKSUM = re.compile(r"[0-9]{1,10}")  # a CRC32 in decimal
 _SIDES: dict[str, Side] = {"b": "buy", "s": "sell"}
 
 
@@ -127,6 +136,10 @@ class _PairBook:
 
     def __init__(self) -> None:
         self.status = BookStatus()
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget the levels (the book is lost until its next snapshot)."""
         self.bids = _BookSide((), bid=True)
         self.asks = _BookSide((), bid=False)
 
@@ -165,7 +178,7 @@ def _levels(payload: dict[str, Any], key: str) -> list[KrakenLevel]:
             or len(entry) not in (3, 4)
             or not all(isinstance(item, str) for item in entry[:3])
         ):
-            raise BadMessage(f'"{key}" level {entry!r} is not [price, volume, timestamp]')
+            raise BadMessage(f'"{key}" level {shown(entry)} is not [price, volume, timestamp]')
         price, volume, ts = entry[:3]
         out.append(KrakenLevel(decimal(price), decimal(volume), price, volume, unix_ns(ts)))
     return out
@@ -214,14 +227,11 @@ class KrakenImporter:
         if not isinstance(channel, str) or not isinstance(pair, str) or not pair:
             raise BadMessage("channel name and pair must be strings")
         if channel.startswith("book-"):
-            depth = channel[5:]
-            if not depth.isdigit():
-                raise BadMessage(f"book channel without a depth: {channel!r}")
-            if not all(type(payload) is dict for payload in payloads):
-                raise BadMessage("book payloads must be objects")
-            if len(payloads) == 1 and ("as" in payloads[0] or "bs" in payloads[0]):
-                return self._on_snapshot(ts_recv, pair, payloads[0])
-            return self._on_update(ts_recv, pair, int(depth), payloads)
+            first = payloads[0] if len(payloads) == 1 else None
+            if type(first) is dict and ("as" in first or "bs" in first):
+                _depth(channel)  # a snapshot holds its depth, but its channel is checked
+                return self._on_snapshot(ts_recv, pair, first)
+            return self._on_update(ts_recv, pair, channel, payloads)
         if channel == "trade":
             if len(payloads) != 1 or type(payloads[0]) is not list:
                 raise BadMessage("a trade message holds one list of trades")
@@ -246,19 +256,19 @@ class KrakenImporter:
         return [BookSnapshot(pair, bid_levels, ask_levels, ts_event, ts_recv)]
 
     def _on_update(
-        self, ts_recv: int, pair: str, depth: int, payloads: list[dict[str, Any]]
+        self, ts_recv: int, pair: str, channel: str, payloads: list[Any]
     ) -> list[Event]:
-        asks: list[KrakenLevel] = []
-        bids: list[KrakenLevel] = []
-        expected: int | None = None
-        for payload in payloads:
-            asks += _levels(payload, "a")
-            bids += _levels(payload, "b")
-            if "c" in payload:
-                expected = _checksum_value(payload["c"])
+        book = self._book(pair)
+        try:
+            depth = _depth(channel)
+            asks, bids, expected = _update(payloads)
+        except (BadMessage, BadDecimal) as exc:
+            error = book.status.unreadable(pair, ts_recv, exc)
+            if isinstance(error, BookLost):
+                book.clear()
+            raise error from None
         ts_event = _latest(chain(asks, bids), ts_recv)
         out: list[Event] = []
-        book = self._book(pair)
         if not book.status.admit(pair, ts_event, ts_recv, out):
             return out
         ask_changes = book.asks.apply(asks, depth)
@@ -269,8 +279,7 @@ class KrakenImporter:
                 reason = f"checksum mismatch: Kraken says {expected}, the book gives {found}"
                 self.problems.append((ProblemKind.CHECKSUM, f"{pair}: {reason}"))
                 book.status.step(Step.BREAK)
-                book.asks = _BookSide((), bid=False)
-                book.bids = _BookSide((), bid=True)
+                book.clear()
                 out.append(Gap(pair, ts_event, ts_recv, reason))
                 return out
             self.verified += 1
@@ -281,9 +290,33 @@ class KrakenImporter:
         return out
 
 
+def _depth(channel: str) -> int:
+    """The depth N of a ``book-N`` channel name; raises ``BadMessage`` without one."""
+    match = _DEPTH.fullmatch(channel)
+    if match is None:
+        raise BadMessage(f"book channel without a depth: {shown(channel)}")
+    return int(match.group(1))
+
+
+def _update(payloads: list[Any]) -> tuple[list[KrakenLevel], list[KrakenLevel], int | None]:
+    """An update's asks and bids in the order sent, and its checksum (``None`` when it
+    carries none); raises ``BadMessage``, ``BadDecimal``."""
+    asks: list[KrakenLevel] = []
+    bids: list[KrakenLevel] = []
+    expected: int | None = None
+    for payload in payloads:
+        if type(payload) is not dict:
+            raise BadMessage("book payloads must be objects")
+        asks += _levels(payload, "a")
+        bids += _levels(payload, "b")
+        if "c" in payload:
+            expected = _checksum_value(payload["c"])
+    return asks, bids, expected
+
+
 def _checksum_value(value: Any) -> int:
-    if not isinstance(value, str) or not value.isdigit():
-        raise BadMessage(f'"c" must be a checksum in decimal digits, got {value!r}')
+    if not isinstance(value, str) or not _CHECKSUM.fullmatch(value):
+        raise BadMessage(f'"c" must be a checksum in decimal digits, got {shown(value)}')
     return int(value)
 
 
@@ -296,7 +329,7 @@ def _trades(ts_recv: int, pair: str, entries: list[Any]) -> list[Event]:
             or not all(isinstance(item, str) for item in entry[:4])
             or entry[3] not in _SIDES
         ):
-            raise BadMessage(f"trade {entry!r} is not [price, volume, time, side, ...]")
+            raise BadMessage(f"trade {shown(entry)} is not [price, volume, time, side, ...]")
         price, volume, time, side = entry[:4]
         trade_id = f"{time}-{index}"
         ts_event = unix_ns(time)

@@ -22,7 +22,16 @@ from feed.decimals import BadDecimal
 from feed.events import BookDelta, BookSnapshot, Event, Gap, Level, Trade
 from replay.coinbase import CoinbaseImporter, CoinbaseReader, iso_ns
 from replay.convert import convert
-from replay.cryptofeed import BadMessage, BookState, LineKind, split_line, unix_ns
+from replay.cryptofeed import (
+    SHOWN_CHARS,
+    BadMessage,
+    BookLost,
+    BookState,
+    LineKind,
+    shown,
+    split_line,
+    unix_ns,
+)
 from replay.kraken import KrakenImporter, KrakenLevel, KrakenReader, checksum
 from replay.lines import LineStream, Problem, ProblemKind
 from replay.sources import SourceKind, detect
@@ -138,6 +147,40 @@ def test_checksum_of_a_hand_built_book() -> None:
     assert checksum(asks, bids) == zlib.crc32(b"5005" b"500" b"5010" b"123" b"1000" b"100000")
 
 
+# Kraken's WebSocket v1 book checksum guide: this book's top 10 concatenate to
+# "5005500" "5010500" ... "4950500" (asks, then bids), whose CRC32 is 974947235, the "c"
+# of the guide's example update. Worked out by hand, not by the rule under test.
+DOC_ASKS = [["0.05005", "0.00000500"], ["0.05010", "0.00000500"], ["0.05015", "0.00000500"],
+            ["0.05020", "0.00000500"], ["0.05025", "0.00000500"], ["0.05030", "0.00000500"],
+            ["0.05035", "0.00000500"], ["0.05040", "0.00000500"], ["0.05045", "0.00000500"],
+            ["0.05050", "0.00000500"]]
+DOC_BIDS = [["0.05000", "0.00000500"], ["0.04995", "0.00000500"], ["0.04990", "0.00000500"],
+            ["0.04980", "0.00000500"], ["0.04975", "0.00000500"], ["0.04970", "0.00000500"],
+            ["0.04965", "0.00000500"], ["0.04960", "0.00000500"], ["0.04955", "0.00000500"],
+            ["0.04950", "0.00000500"]]
+DOC_CHECKSUM = "974947235"
+
+
+def test_krakens_documented_checksum_example() -> None:
+    assert zlib.crc32(b"".join(
+        p.replace(".", "").lstrip("0").encode() + b"500" for p, _ in DOC_ASKS + DOC_BIDS
+    )) == int(DOC_CHECKSUM)  # the guide's string, spelled out
+    importer = KrakenImporter()
+    # The snapshot lacks the worst ask and best bid, given in an update out of order
+    # (the book sorts them): a matching checksum needs both, in the right places.
+    importer.feed(1, k_snapshot(DOC_ASKS[:-1], DOC_BIDS[1:], depth=100))
+    update = [0, {"a": [[*DOC_ASKS[-1], T]]}, {"b": [[*DOC_BIDS[0], T]], "c": DOC_CHECKSUM},
+              "book-100", "XBT/USD"]
+    [delta] = importer.feed(2, update)
+    assert isinstance(delta, BookDelta)
+    assert importer.verified == 1 and importer.problems == []
+    # The strings as sent count: the same book with "0.0000050" is another checksum.
+    importer.feed(3, k_snapshot(DOC_ASKS[:-1], DOC_BIDS[1:], depth=100))
+    update[2] = {"b": [[DOC_BIDS[0][0], "0.0000050", T]], "c": DOC_CHECKSUM}
+    [gap] = importer.feed(4, update)
+    assert isinstance(gap, Gap) and gap.reason.startswith("checksum mismatch")
+
+
 def test_kraken_book_updates_are_checked_and_emitted() -> None:
     importer = KrakenImporter()
     model = KrakenModel(ASKS, BIDS, depth=10)
@@ -229,12 +272,9 @@ def test_kraken_trades() -> None:
 
 
 @pytest.mark.parametrize("message", [
-    [1, {"a": [["1", "1", T]], "c": "x"}, "book-10", "XBT/USD"],
-    [1, {"a": [["1", "1"]], "c": "1"}, "book-10", "XBT/USD"],
-    [1, {"a": [[1.5, "1", T]], "c": "1"}, "book-10", "XBT/USD"],
-    [1, {"a": [["1", "1", "yesterday"]], "c": "1"}, "book-10", "XBT/USD"],
-    [1, {"a": []}, "book-ten", "XBT/USD"],
     [1, [["1", "1", T, "x", "l", ""]], "trade", "XBT/USD"],
+    [1, {"as": [["1", "1"]], "bs": []}, "book-10", "XBT/USD"],  # a snapshot, not an update
+    [1, {"a": []}, "book-10", 7],
     [1, "book-10", "XBT/USD"],
     {"no": "event"},
     "text",
@@ -246,11 +286,42 @@ def test_bad_kraken_messages_raise_and_leave_the_book_alone(message: Any) -> Non
     before = importer.top("XBT/USD", 100)
     with pytest.raises(BadMessage):
         importer.feed(2, message)
-    with pytest.raises(BadDecimal):
-        importer.feed(2, [1, {"a": [["1e", "1", T]], "c": "1"}, "book-10", "XBT/USD"])
+    with pytest.raises(BadDecimal):  # an update of a pair with no book yet
+        importer.feed(2, [1, {"a": [["1e", "1", T]], "c": "1"}, "book-10", "ETH/USD"])
+    assert importer.state("ETH/USD") is BookState.AWAITING
     assert importer.top("XBT/USD", 100) == before
     assert importer.state("XBT/USD") is BookState.LIVE
     assert len(importer.feed(3, model.update(b=[["0.05001", "1"]]))) == 1
+
+
+@pytest.mark.parametrize(("message", "cause"), [
+    ([1, {"a": [["1", "1", T]], "c": "x"}, "book-10", "XBT/USD"], BadMessage),
+    ([1, {"a": [["1", "1"]], "c": "1"}, "book-10", "XBT/USD"], BadMessage),
+    ([1, {"a": [[1.5, "1", T]], "c": "1"}, "book-10", "XBT/USD"], BadMessage),
+    ([1, {"a": [["1", "1", "yesterday"]], "c": "1"}, "book-10", "XBT/USD"], BadMessage),
+    ([1, {"a": [["1e", "1", T]], "c": "1"}, "book-10", "XBT/USD"], BadDecimal),
+    ([1, {"a": []}, "book-ten", "XBT/USD"], BadMessage),
+    ([1, {"a": []}, ["b"], "book-10", "XBT/USD"], BadMessage),
+])
+def test_an_unreadable_kraken_update_loses_a_live_book_at_once(
+        message: Any, cause: type[Exception]) -> None:
+    importer = KrakenImporter()
+    model = KrakenModel(ASKS, BIDS, depth=10)
+    importer.feed(1, k_snapshot(ASKS, BIDS))
+    with pytest.raises(BookLost) as caught:
+        importer.feed(2, message)
+    assert type(caught.value.cause) is cause
+    assert caught.value.gap == Gap("XBT/USD", 2, 2, f"unreadable update: {caught.value.cause}")
+    assert importer.state("XBT/USD") is BookState.LOST
+    assert importer.top("XBT/USD") == ([], [])
+    assert importer.feed(3, model.update(b=[["0.05001", "1"]])) == []  # not checked
+    with pytest.raises(type(caught.value.cause)):  # a lost book has nothing more to lose
+        importer.feed(4, message)
+    importer.feed(5, k_snapshot(ASKS, BIDS))
+    model = KrakenModel(ASKS, BIDS, depth=10)
+    assert [type(e) for e in importer.feed(6, model.update(b=[["0.05001", "1"]]))] == [
+        BookDelta]
+    assert importer.problems == []
 
 
 # -- Coinbase, made up -------------------------------------------------------------------
@@ -318,6 +389,33 @@ def test_bad_coinbase_messages_raise(message: Any) -> None:
     assert importer.state("SKL-USD") is BookState.AWAITING
 
 
+@pytest.mark.parametrize(("message", "cause"), [
+    (cb("l2update", changes=[["bid", "1", "1"]], time=TIME), BadMessage),
+    (cb("l2update", changes=[["buy", "1", "1", "1"]], time=TIME), BadMessage),
+    (cb("l2update", changes=[["buy", 1, "1"]], time=TIME), BadMessage),
+    (cb("l2update", changes="none", time=TIME), BadMessage),
+    (cb("l2update", changes=[["sell", "0.5", "-1"]], time=TIME), BadDecimal),
+    (cb("l2update", changes=[["buy", "1", "1"]]), BadMessage),
+    (cb("l2update", changes=[["buy", "1", "1"]], time="yesterday"), BadMessage),
+])
+def test_an_unreadable_coinbase_update_loses_a_live_book(
+        message: dict[str, Any], cause: type[Exception]) -> None:
+    importer = CoinbaseImporter()
+    snapshot = cb("snapshot", bids=[["1", "1"]], asks=[["2", "1"]])
+    good = cb("l2update", changes=[["buy", "1", "2"]], time=TIME)
+    importer.feed(1, snapshot)
+    with pytest.raises(BookLost) as caught:
+        importer.feed(2, message)
+    assert type(caught.value.cause) is cause
+    assert caught.value.gap == Gap("SKL-USD", 2, 2, f"unreadable update: {caught.value.cause}")
+    assert importer.state("SKL-USD") is BookState.LOST
+    assert importer.feed(3, good) == []
+    with pytest.raises(type(caught.value.cause)):  # a lost book has nothing more to lose
+        importer.feed(4, message)
+    importer.feed(5, snapshot)
+    assert [type(e) for e in importer.feed(6, good)] == [BookDelta]
+
+
 # -- capture files, made up --------------------------------------------------------------
 
 
@@ -337,8 +435,8 @@ def test_a_damaged_kraken_capture_reports_with_positions(tmp_path: Path) -> None
         [("1618678133.1", {"event": "heartbeat"}), ("1618678133.2", k_snapshot(ASKS, BIDS)),
          ("1618678133.3", good)])
     lines = text.split(b"\n")
-    garbage = [b"\x00\x17 not a line", b"1618678133.4: [1, {",
-               b'1618678133.5: [1, {"a": [["x", "1", "1.0"]], "c": "1"}, "book-10", "XBT/USD"]']
+    garbage = [b"\x00\x17 not a line", b"1618678133.4: [1, {",  # a pair with no book yet:
+               b'1618678133.5: [1, {"a": [["x", "1", "1.0"]], "c": "1"}, "book-10", "ETH/USD"]']
     mismatch = b"1618678133.6: " + orjson.dumps(model.update(b=[["0.05002", "1"]], bad=True))
     data = b"\n".join([*lines[:4], *garbage, lines[4], mismatch, b"", b""]) + b"\n"
     path = tmp_path / "KRAKEN.ws.1.0"
@@ -366,6 +464,88 @@ def test_a_damaged_kraken_capture_reports_with_positions(tmp_path: Path) -> None
     with KrakenReader(cut, problems) as reader:
         assert [type(e) for e in reader] == [BookSnapshot, BookDelta]
     assert problems[-1].kind is ProblemKind.TRUNCATED
+
+
+def test_an_unreadable_update_in_a_capture_is_reported_and_a_gap(tmp_path: Path) -> None:
+    book = cb("snapshot", bids=[["1", "1"]], asks=[["2", "1"]])
+    other = {**book, "product_id": "SKL-BTC"}
+    update = cb("l2update", changes=[["buy", "1", "2"]], time=TIME)
+    path = tmp_path / "COINBASE.ws.1.0"
+    path.write_bytes(capture_text("wss://ws-feed.pro.coinbase.com", [], [
+        ("1.0", book), ("1.1", other),
+        ("1.2", cb("l2update", changes=[["buy", "1", "1e"]], time=TIME)),  # line 4
+        ("1.3", update), ("1.4", {**update, "product_id": "SKL-BTC"}),
+        ("1.5", cb("l2update", changes=[["buy", "1"]], time=TIME)),  # lost: no Gap
+        ("1.6", book), ("1.7", update)]))
+    with CoinbaseReader(path) as reader:
+        events = list(reader)
+    assert [(type(e).__name__, e.symbol, e.ts_recv // 100_000_000) for e in events] == [
+        ("BookSnapshot", "SKL-USD", 10), ("BookSnapshot", "SKL-BTC", 11),
+        ("Gap", "SKL-USD", 12), ("BookDelta", "SKL-BTC", 14),
+        ("BookSnapshot", "SKL-USD", 16), ("BookDelta", "SKL-USD", 17)]
+    assert isinstance(events[2], Gap)
+    assert events[2].reason == "unreadable update: not a decimal number: '1e'"
+    assert [(p.kind, p.line, p.detail) for p in reader.problems] == [
+        (ProblemKind.BAD_DECIMAL, 4, "not a decimal number: '1e'"),
+        (ProblemKind.MALFORMED, 7, "change ['buy', '1'] is not [buy|sell, price, size]")]
+    assert reader.malformed == 2
+
+
+def test_an_unreadable_kraken_update_in_a_capture_is_a_gap_at_once(tmp_path: Path) -> None:
+    model = KrakenModel(ASKS, BIDS, depth=10)
+    path = tmp_path / "KRAKEN.ws.1.0"
+    path.write_bytes(capture_text("wss://ws.kraken.com", [], [
+        ("1.0", k_snapshot(ASKS, BIDS)),
+        ("1.1", [1, {"b": [["0.05001", "1", T]], "c": 5}, "book-10", "XBT/USD"]),
+        ("1.2", model.update(b=[["0.05002", "1"]]))]))  # would not match: 0.05001 is lost
+    with KrakenReader(path) as reader:
+        events = list(reader)
+    reason = """unreadable update: "c" must be a checksum in decimal digits, got 5"""
+    assert events[1:] == [Gap("XBT/USD", 1_100_000_000, 1_100_000_000, reason)]
+    assert [(p.kind, p.line) for p in reader.problems] == [(ProblemKind.MALFORMED, 3)]
+    assert reader.importer.verified == 0
+
+
+HUGE = 1 << 20
+
+
+@pytest.mark.parametrize("message", [
+    cb("l2update", changes=[["buy", "9" * HUGE + "x", "1"]], time=TIME),
+    cb("l2update", changes=[["buy", "1", "1", "x" * HUGE]], time=TIME),
+    cb("l2update", changes=[["buy", "1", ["x"] * HUGE]], time=TIME),
+    b'{"type": "l2update", "product_id": "SKL-USD", "changes": [' + b"[" * 1000 + b"]" * 1000
+    + b"]}",  # nested as deep as orjson reads, deeper than repr can go
+    cb("l2update", changes=[["buy", "1", "1"]], time="2" * HUGE),
+    cb("l2update", changes=[["buy", "1", "1"]], time=TIME, product_id=[["x" * HUGE]]),
+    cb("l2update", changes={"x" * HUGE: 1}, time=TIME),
+    cb("snapshot", bids=[["1", "1", "x" * HUGE]], asks=[]),
+    match(2, "x" * HUGE),
+    [1, {"a": [["1", "1", T]], "c": "9" * HUGE + "x"}, "book-10", "SKL-USD"],
+    [1, {"a": [["1", "1", T, "r", "x" * HUGE]]}, "book-10", "SKL-USD"],
+    [1, {"a": []}, "book-" + "x" * HUGE, "SKL-USD"],
+    [1, [["1", "1", "2" * HUGE, "b"]], "trade", "SKL-USD"],
+])
+def test_a_huge_bad_value_gives_a_short_detail(tmp_path: Path, message: Any) -> None:
+    venue = "ws.kraken.com" if isinstance(message, list) else "ws-feed.pro.coinbase.com"
+    body = message if isinstance(message, bytes) else orjson.dumps(message)
+    path = tmp_path / "capture"
+    path.write_bytes(capture_text(f"wss://{venue}", [], []) + b"1.0: " + body + b"\n"
+                     + b"1" * HUGE + b": {}\n")  # and a huge receive time
+    reader: KrakenReader | CoinbaseReader
+    reader = KrakenReader(path) if "kraken" in venue else CoinbaseReader(path)
+    with reader:
+        assert list(reader) == []
+    assert reader.malformed == 2
+    assert all(len(p.detail) < 2 * SHOWN_CHARS for p in reader.problems), reader.problems
+
+
+def test_shown_bounds_what_it_echoes() -> None:
+    level = ["0.05005", "0.00000500", "1618678133.100000", "r"]
+    assert shown(level) == repr(level)
+    assert shown(None) == "None"
+    for value in ("x" * HUGE, ["x"] * HUGE, {"a": "x" * HUGE},
+                  orjson.loads(b"[" * 1000 + b"]" * 1000)):
+        assert len(shown(value)) <= SHOWN_CHARS
 
 
 def test_a_kraken_trade_capture_converts_to_a_tick_file_and_back(tmp_path: Path) -> None:
@@ -521,7 +701,10 @@ def test_garbage_in_a_coinbase_copy_is_skipped_with_positions(tmp_path: Path) ->
     assert reader.problems[0].offset == offset
 
 
-def test_a_lost_kraken_update_is_caught_by_the_next_checksum(tmp_path: Path) -> None:
+@pytest.mark.parametrize("naming", [False, True], ids=["pair unknown", "pair known"])
+def test_a_lost_kraken_update_is_a_gap(tmp_path: Path, naming: bool) -> None:
+    """A line too damaged to name its pair is caught by the pair's next checksum; an
+    update that names its pair but cannot be read is a Gap at once."""
     lines = need(KRAKEN).read_bytes().split(b"\n")
     # Lose an update that changed its pair's top 10 (its checksum is not the previous
     # one) and whose prices the pair's next update leaves alone.
@@ -538,15 +721,26 @@ def test_a_lost_kraken_update_is_caught_by_the_next_checksum(tmp_path: Path) -> 
         for before, now, after in zip(seen, seen[1:], seen[2:], strict=False)
         if now[0] > 2000 and before[1] != now[1] and not now[2] & after[2]
     )
-    lines[index] = b"1618678150.0: \x00garbage"
+    if naming:  # a negative price
+        lines[index] = lines[index].replace(b'[["', b'[["-', 1)
+    else:
+        lines[index] = b"1618678150.0: \x00garbage"
     path = tmp_path / "KRAKEN.ws.1.0"
     path.write_bytes(b"\n".join(lines))
     with KrakenReader(path) as reader:
         events = list(reader)
-    assert [(p.kind, p.line) for p in reader.problems][0] == (ProblemKind.MALFORMED, index + 1)
-    assert [p.kind for p in reader.problems][1:] == [ProblemKind.CHECKSUM]
     [gap] = [e for e in events if isinstance(e, Gap)]
-    assert gap.symbol == pair and gap.reason.startswith("checksum mismatch")
+    assert gap.symbol == pair
+    if naming:
+        assert [(p.kind, p.line) for p in reader.problems] == [
+            (ProblemKind.BAD_DECIMAL, index + 1)]
+        assert gap.reason.startswith("unreadable update: not a finite non-negative decimal")
+        assert gap.ts_recv == unix_ns(lines[index].partition(b": ")[0].decode())
+    else:
+        assert (reader.problems[0].kind, reader.problems[0].line) == (
+            ProblemKind.MALFORMED, index + 1)
+        assert [p.kind for p in reader.problems][1:] == [ProblemKind.CHECKSUM]
+        assert gap.reason.startswith("checksum mismatch")
     after = events[events.index(gap):]
     assert not any(isinstance(e, BookDelta) and e.symbol == pair for e in after)
     others = [e for e in imported(KRAKEN)[0] if e.symbol != pair]
