@@ -8,12 +8,23 @@ from pathlib import Path
 
 import pytest
 
+import feed.cli
 from feed.cli import main
 from feed.events import BookDelta, BookSnapshot, Gap, Trade
 from replay.cli import Progress, format_ns
 from replay.tickfile import TickReader, TickWriter
 
 T0 = 1_723_161_254_000_000_000  # 2024-08-08T23:54:14Z
+
+
+@pytest.fixture(autouse=True)
+def never_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every ``serve`` here must be refused before it starts: one that started would
+    serve until killed, so starting fails the test instead."""
+    def started(*args: object) -> None:
+        raise AssertionError("the server started instead of refusing")
+
+    monkeypatch.setattr(feed.cli.trio, "run", started)
 
 
 def write_file(path: Path) -> None:
