@@ -32,7 +32,7 @@ from replay import book_tickers, open_events, sample_path
 from replay import window as window_module
 from replay.tickfile import TickReader, TickWriter
 from replay.window import parse_time, window
-from tests.test_binance import FIRST_DAY, compare_with_book_tickers, imported, need
+from tests.test_binance import DATA, FIRST_DAY, compare_with_book_tickers, imported, need
 from tests.test_server import http_get
 
 T0 = 1_700_000_000_000_000_000
@@ -214,6 +214,13 @@ def test_the_same_replay_twice_gives_the_same_messages(tmp_path: Path) -> None:
 # -- the real Binance captures, rebuilt by a client of the server -----------------------
 
 
+NEEDS_DATA = pytest.mark.skipif(
+    not DATA.is_dir(), reason=f"real captures not found at {DATA} (set TICKWIRE_SHARED_DATA "
+                              "to the shared data folder)")
+"""For async tests: a skip raised inside trio's run loses its reason."""
+
+
+@NEEDS_DATA
 @pytest.mark.parametrize(("name", "futures", "bridged"), FIRST_DAY)
 async def test_a_client_book_agrees_with_every_book_ticker(
         nursery: trio.Nursery, name: str, futures: bool, bridged: bool) -> None:
@@ -278,6 +285,7 @@ def deltas_outside_the_top(events: Sequence[Event], depth: int) -> set[int]:
 # -- Kraken and Coinbase, through the server ---------------------------------------------
 
 
+@NEEDS_DATA
 @pytest.mark.parametrize("name", ["kraken/KRAKEN.ws.50.0", "coinbase/COINBASE.ws.28.0"])
 async def test_kraken_and_coinbase_books_reach_clients_intact(
         nursery: trio.Nursery, name: str) -> None:
