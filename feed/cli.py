@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
 
     add_file_commands(commands)
 
+    commands.add_parser("bench", help="latency and fan-out measurement run (options: "
+                                      "tickwire bench --help)")
+
     sub = commands.add_parser("subscribe", help="live terminal view of a stream")
     sub.add_argument("symbols", nargs="+", metavar="SYMBOL")
     sub.add_argument("--url", default="ws://127.0.0.1:8765/v1/stream")
@@ -175,11 +178,17 @@ async def _serve(config: Config, source: SyntheticSource | ReplaySource | None) 
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its options are the load tool's own, parsed there
+        from clients.loadgen.cli import main as bench_main
+
+        return bench_main(argv[1:], prog="tickwire bench")
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command in ("convert", "inspect"):
         return run_file_command(args)
+
     if args.command == "subscribe":
         from clients.subscribe import run_subscribe
 

@@ -16,6 +16,7 @@ from clients.loadgen import (
     OP_CLOSE,
     FrameError,
     FrameReader,
+    LatencyHistogram,
     LoadConfig,
     LoadError,
     ServerLog,
@@ -85,6 +86,29 @@ def test_figures_helpers() -> None:
     assert percentile([5], 50) == 5
 
 
+def test_hdr_histograms_merge_exactly_and_clip() -> None:
+    values = [i * 1_000 for i in range(1, 2001)]  # 1 us .. 2 ms
+    parts = [LatencyHistogram() for _ in range(3)]
+    for i, value in enumerate(values):
+        parts[i % 3].record(value)
+    whole = LatencyHistogram()
+    for value in values:
+        whole.record(value)
+    merged = LatencyHistogram.merged(p.encode() for p in parts)
+    assert merged.count == 2000
+    for pct in (50, 90, 99, 99.9, 99.99):
+        assert merged.percentile_ms(pct) == whole.percentile_ms(pct)
+    assert merged.percentile_ms(50) == pytest.approx(1.0, rel=1e-3)  # 3 significant digits
+    assert merged.max_ms() == pytest.approx(2.0, rel=1e-3)
+    far = LatencyHistogram()
+    far.record(10**15)  # a replay's ts_event from another year
+    far.record(-5)  # a clock behind
+    again = LatencyHistogram.merged([far.encode()])
+    assert (again.clipped, again.negative, again.count) == (1, 1, 2)
+    assert again.max_ms() == pytest.approx(3_600_000, rel=1e-3)
+    assert LatencyHistogram().percentile_ms(50) is None
+
+
 async def test_config_needs_one_server() -> None:
     with pytest.raises(LoadError):
         await run(LoadConfig())
@@ -114,8 +138,17 @@ async def test_a_short_run_against_a_spawned_server() -> None:
     assert len({c.messages for c in report.per_connection}) <= 2
 
     lat = report.latency
-    assert lat.samples > 0 and lat.p50_ms is not None and lat.max_ms is not None
-    assert 0 < lat.p50_ms <= lat.max_ms < 5000
+    assert lat.samples == sum(report.sampled_types.get(t, 0) for t in ("book_update", "bbo",
+                                                                       "trade"))
+    figures = [lat.p50_ms, lat.p90_ms, lat.p99_ms, lat.p99_9_ms, lat.p99_99_ms, lat.max_ms]
+    assert all(f is not None for f in figures)
+    assert 0 < figures[0] and figures == sorted(figures) and figures[-1] < 5000
+    # ts_send comes after ts_recv, and ts_event (the synthetic market's) is ts_recv.
+    assert lat.from_send["p50_ms"] is not None and lat.from_send["p50_ms"] <= lat.p50_ms
+    assert lat.from_event["p50_ms"] == lat.p50_ms and lat.clipped == 0
+    for c in report.per_connection:
+        assert c.latency_p50_ms is not None and c.latency_p99_ms is not None
+        assert 0 < c.latency_p50_ms <= c.latency_p99_ms <= lat.max_ms
     assert report.sampled_types.get("book_update", 0) > 0 and report.decode_errors == 0
 
     server = report.server

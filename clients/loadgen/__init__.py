@@ -14,6 +14,7 @@ Modules:
     ``frames``     ``FrameReader``: counts the server's frames, picks a few to decode (no IO)
     ``websocket``  the opening handshake, one request and its reply (URLs: ``Endpoint``)
     ``metrics``    the server's ``/metrics`` and the machine's ``/proc/stat``
+    ``latency``    ``LatencyHistogram``: HDR histograms, recorded in workers, merged here
     ``messages``   what the parent and a worker process send each other over their pipe
     ``worker``     a worker process: its subscriber connections, counted over the window
     ``pool``       the parent's side of the worker processes
@@ -39,6 +40,7 @@ from clients.loadgen.frames import (
     close_code,
     decode_messages,
 )
+from clients.loadgen.latency import LatencyHistogram, percentile
 from clients.loadgen.messages import ConnectionResult
 from clients.loadgen.metrics import (
     fetch_metrics,
@@ -54,7 +56,6 @@ from clients.loadgen.report import (
     ServerFigures,
     WorkerFigures,
     format_report,
-    percentile,
     report_json,
 )
 from clients.loadgen.runner import measure, run
@@ -72,6 +73,7 @@ __all__ = [
     "FrameError",
     "FrameReader",
     "LatencyFigures",
+    "LatencyHistogram",
     "LoadConfig",
     "LoadError",
     "MachineFigures",

@@ -15,8 +15,8 @@ from clients.loadgen.runner import run
 from clients.loadgen.spawn import ServerLog
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m clients.loadgen",
+def _parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog,
                                 description="Fan-out load measurement of a tickwire server.")
     p.add_argument("--url", help="ws://HOST:PORT/v1/stream of a running server")
     p.add_argument("--spawn", metavar="ARGS",
@@ -42,9 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line entry point: 0 measured, 1 not measured, 2 bad usage."""
-    args = _parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m clients.loadgen") -> int:
+    """Command line entry point (also ``tickwire bench``): 0 measured, 1 not measured,
+    2 bad usage."""
+    args = _parser(prog).parse_args(argv)
     symbols = None if args.symbols == "all" else tuple(
         s.strip() for s in args.symbols.split(",") if s.strip())
     config = LoadConfig(

@@ -70,6 +70,9 @@ class ConnectionResult:
     close_reason: str
     closed_early: bool
     error: str | None
+    latency_p50_ms: float | None = None
+    """Of this connection's samples of ``receive - ts_recv``."""
+    latency_p99_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,8 @@ class WorkerResult:
     """When each latency sample was received (same order)."""
     sampled_types: dict[str, int]
     decode_errors: int
+    histograms: dict[str, bytes]
+    """HDR histograms of ``receive - ts_*`` by stamp (``clients.loadgen.latency``), encoded."""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ their CPU), two reads of the server's ``/metrics`` and two of the machine's
 from __future__ import annotations
 
 import datetime
-import math
 import os
 import statistics
 from collections import Counter
@@ -18,6 +17,7 @@ from dataclasses import asdict, dataclass
 import orjson
 
 from clients.loadgen.config import LoadConfig
+from clients.loadgen.latency import STAMPS, LatencyHistogram, percentile
 from clients.loadgen.messages import ConnectionResult, Ready, Window, WorkerResult
 from clients.loadgen.metrics import metric_by_label, metric_total
 from clients.loadgen.spawn import SpawnedServer
@@ -32,18 +32,28 @@ LATENCY_GROWTH_MS = 100.0
 
 @dataclass(frozen=True)
 class LatencyFigures:
-    """Sampled ``receive time - ts_recv``, milliseconds (None without samples)."""
+    """Sampled ``receive time - ts_recv``, milliseconds (None without samples), from the
+    workers' HDR histograms merged; the same from ``ts_send`` and ``ts_event``."""
 
     samples: int
     sample_every: int
     p50_ms: float | None
     p90_ms: float | None
     p99_ms: float | None
+    p99_9_ms: float | None
+    p99_99_ms: float | None
     max_ms: float | None
     p50_first_ms: float | None
     """Median of the samples in the first fifth of the window..."""
     p50_last_ms: float | None
     """...and in the last fifth: a server falling behind its feed shows as growth."""
+    from_send: dict[str, float | None]
+    """``receive - ts_send`` (the network and this client): p50, p99, p99.9, max."""
+    from_event: dict[str, float | None]
+    """``receive - ts_event`` (the source's own delay too; meaningless for a replay of
+    an old file, whose values are clipped at an hour): p50, p99, p99.9, max."""
+    clipped: int
+    """Samples over an hour (any stamp), recorded as an hour."""
 
 
 @dataclass(frozen=True)
@@ -138,12 +148,6 @@ def report_json(report: Report) -> bytes:
     return orjson.dumps(asdict(report), option=orjson.OPT_INDENT_2)
 
 
-def percentile(ordered: Sequence[int], pct: float) -> int:
-    """Nearest-rank percentile of a sorted, non-empty sequence."""
-    rank = max(1, math.ceil(pct / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
 def server_figures(before: dict[str, float], after: dict[str, float],
                    elapsed: float) -> ServerFigures:
     """The server's figures over ``elapsed`` seconds between two reads of /metrics."""
@@ -184,22 +188,26 @@ def _round(value: float | None) -> float | None:
 
 def _latency(results: Sequence[WorkerResult], window: Window,
              sample_every: int) -> LatencyFigures:
+    hist = {stamp: LatencyHistogram.merged(r.histograms[stamp] for r in results)
+            for stamp in STAMPS}
+    recv = hist["ts_recv"]
     samples = [(t, x) for r in results for t, x in zip(r.sample_times_ns, r.latencies_ns,
                                                           strict=True)]
-    if not samples:
-        return LatencyFigures(0, sample_every, None, None, None, None, None, None)
-    ordered = sorted(x for _, x in samples)
     fifth_ns = (window.end - window.start) * 1e9 / 5
     first = sorted(x for t, x in samples if t < window.start * 1e9 + fifth_ns)
     last = sorted(x for t, x in samples if t >= window.end * 1e9 - fifth_ns)
 
-    def ms(ns: int) -> float:
-        return round(ns / 1e6, 3)
+    def brief(h: LatencyHistogram) -> dict[str, float | None]:
+        return {"p50_ms": h.percentile_ms(50), "p99_ms": h.percentile_ms(99),
+                "p99_9_ms": h.percentile_ms(99.9), "max_ms": h.max_ms()}
 
-    return LatencyFigures(len(ordered), sample_every, ms(percentile(ordered, 50)),
-                          ms(percentile(ordered, 90)), ms(percentile(ordered, 99)),
-                          ms(ordered[-1]), ms(percentile(first, 50)) if first else None,
-                          ms(percentile(last, 50)) if last else None)
+    return LatencyFigures(
+        recv.count, sample_every, recv.percentile_ms(50), recv.percentile_ms(90),
+        recv.percentile_ms(99), recv.percentile_ms(99.9), recv.percentile_ms(99.99),
+        recv.max_ms(), round(percentile(first, 50) / 1e6, 3) if first else None,
+        round(percentile(last, 50) / 1e6, 3) if last else None,
+        brief(hist["ts_send"]), brief(hist["ts_event"]),
+        sum(h.clipped for h in hist.values()))
 
 
 def build_report(config: LoadConfig, url: str, symbols: tuple[str, ...], window: Window,
@@ -320,8 +328,15 @@ def format_report(report: Report) -> str:
     ]
     if lat.samples:
         rows.append(("latency", f"p50 {lat.p50_ms:.3f}  p90 {lat.p90_ms:.3f}  "
-                                f"p99 {lat.p99_ms:.3f}  max {lat.max_ms:.3f} ms "
-                                f"({lat.samples:,} samples, 1 in {lat.sample_every})"))
+                                f"p99 {lat.p99_ms:.3f}  p99.9 {lat.p99_9_ms:.3f}  "
+                                f"p99.99 {lat.p99_99_ms:.3f}  max {lat.max_ms:.3f} ms "
+                                f"({lat.samples:,} samples, 1 in {lat.sample_every}; "
+                                "receive - ts_recv)"))
+        for label, figures in (("from ts_send", lat.from_send),
+                               ("from ts_event", lat.from_event)):
+            rows.append((label, "  ".join(f"{key.removesuffix('_ms').replace('_', '.')} "
+                                          f"{value:.3f}" for key, value in figures.items()
+                                          if value is not None) + " ms"))
         if lat.p50_first_ms is not None and lat.p50_last_ms is not None:
             rows.append(("latency drift", f"median {lat.p50_first_ms:.3f} ms in the first "
                                           f"fifth of the window, {lat.p50_last_ms:.3f} ms "

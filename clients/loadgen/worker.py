@@ -8,8 +8,10 @@ Each worker runs trio in a process of its own (multiprocessing, spawn context)::
     <- Finish                 close its connections (1000)
     -> WorkerResult           (WorkerFailed with a traceback if it crashed)
 
-Every Kth data message is decoded, and ``receive time - ts_recv`` is recorded for
-``book_update``, ``trade`` and ``bbo``.
+Every Kth data message is decoded. For ``book_update``, ``trade`` and ``bbo`` the worker
+records ``receive time - ts_recv`` (the server's latency), ``- ts_send`` (the network and
+the client) and ``- ts_event`` (the source's own delay as well) into HDR histograms,
+which travel to the parent encoded and are merged there (``clients.loadgen.latency``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from clients.loadgen.frames import (
     close_code,
     decode_messages,
 )
+from clients.loadgen.latency import STAMPS, LatencyHistogram, percentile
 from clients.loadgen.messages import (
     ConnectionResult,
     Ready,
@@ -67,10 +70,13 @@ class _Recorder:
         self.end_ns = sys.maxsize
         self.latencies: list[int] = []
         self.times: list[int] = []
+        self.histograms = {stamp: LatencyHistogram() for stamp in STAMPS}
         self.types: Counter[str] = Counter()
         self.decode_errors = 0
 
-    def sample(self, frame: Frame, now_ns: int) -> None:
+    def sample(self, frame: Frame, now_ns: int, own: list[int]) -> None:
+        """Decode a picked frame and record its latencies (``own``: the connection's
+        list of ``receive - ts_recv``)."""
         if not self.start_ns <= now_ns < self.end_ns:
             return
         try:
@@ -78,15 +84,23 @@ class _Recorder:
         except (zlib.error, orjson.JSONDecodeError):
             self.decode_errors += 1
             return
+        histograms = self.histograms
         for message in messages:
             if not isinstance(message, dict):
                 continue
             kind = str(message.get("type"))
             self.types[kind] += 1
             ts_recv = message.get("ts_recv")
-            if kind in LATENCY_TYPES and isinstance(ts_recv, int):
-                self.latencies.append(now_ns - ts_recv)
-                self.times.append(now_ns)
+            if kind not in LATENCY_TYPES or not isinstance(ts_recv, int):
+                continue
+            latency = now_ns - ts_recv
+            self.latencies.append(latency)
+            self.times.append(now_ns)
+            own.append(latency)
+            for stamp, histogram in histograms.items():
+                value = ts_recv if stamp == "ts_recv" else message.get(stamp)
+                if isinstance(value, int):
+                    histogram.record(now_ns - value)
 
 
 class Subscriber:
@@ -105,6 +119,7 @@ class Subscriber:
         self.close_sent = False
         self.closed_early = False
         self.marks: list[tuple[int, int]] = []
+        self.latencies: list[int] = []  # receive - ts_recv of this connection's samples
 
     async def set_up(self) -> None:
         """Handshake and subscribe; a failure is kept in ``error``, not raised."""
@@ -130,6 +145,7 @@ class Subscriber:
         assert stream is not None
         reader = self.reader
         sample = self.recorder.sample
+        own = self.latencies
         try:
             while True:
                 data = await stream.receive_some(RECEIVE_BYTES)
@@ -144,7 +160,7 @@ class Subscriber:
                             self._ended(*close_code(frame.payload))
                             await self._send_close(frame.payload[:2])
                             return
-                        sample(frame, now_ns)
+                        sample(frame, now_ns, own)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._ended(1006, f"connection lost: {exc}")
         except FrameError as exc:
@@ -171,7 +187,8 @@ class Subscriber:
             messages_per_s=round((m1 - m0) / window_s, 1) if window_s > 0 else 0.0,
             close_code=code, close_reason=reason,
             closed_early=self.closed_early,
-            error=self.error)
+            error=self.error, latency_p50_ms=_percentile_ms(self.latencies, 50),
+            latency_p99_ms=_percentile_ms(self.latencies, 99))
 
     def _ended(self, code: int, reason: str) -> None:
         if self.close is None:
@@ -244,7 +261,12 @@ async def _worker(plan: WorkerPlan, pipe: PipeEnd) -> WorkerResult | None:
         connections=tuple(s.result(window_s) for s in subscribers),
         latencies_ns=tuple(recorder.latencies), sample_times_ns=tuple(recorder.times),
         sampled_types=dict(recorder.types),
+        histograms={stamp: h.encode() for stamp, h in recorder.histograms.items()},
         decode_errors=recorder.decode_errors)
+
+
+def _percentile_ms(values: list[int], pct: float) -> float | None:
+    return round(percentile(sorted(values), pct) / 1e6, 3) if values else None
 
 
 def worker_entry(plan: WorkerPlan, pipe: PipeEnd) -> None:
