@@ -40,7 +40,7 @@ def parse_time(text: str) -> int:
     HH:MM:SS, and up to nine fraction digits after the seconds) and an offset (``Z``,
     ``+02:00``; none means UTC). Raises ``ValueError`` naming the text."""
     stripped = text.strip()
-    if stripped.isdigit():
+    if stripped.isascii() and stripped.isdigit() and len(stripped) <= 20:
         value = int(stripped)
         if value < SMALLEST_NS:
             raise ValueError(f"{text!r} is not nanoseconds since the epoch (seconds, ms "

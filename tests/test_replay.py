@@ -66,6 +66,7 @@ def test_parse_time(text: str, ns: int) -> None:
     "2024-08-08T23:55.5",  # a fraction of a minute is not ISO-8601's seconds
     "2024-08-08T23:55:00.5.7Z", "2024-08-08T23:55:00+02:00:00.5", "2024-08-08.5",
     "2024-08-08T23:55:00.1234567891Z",  # ten fraction digits: below a nanosecond
+    "1723161300000000000²", "9" * 5000,  # not ASCII digits; too long to be a time
 ])
 def test_parse_time_refuses_what_is_not_a_time(text: str) -> None:
     with pytest.raises(ValueError, match="ISO-8601"):
