@@ -12,12 +12,12 @@ serve: $(VENV)/.installed
 	$(BIN)/tickwire serve $(ARGS)
 
 test: $(VENV)/.installed
-	$(BIN)/ruff check feed clients replay tests
+	$(BIN)/ruff check feed clients replay tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/pytest $(ARGS)
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check feed clients replay tests
+	$(BIN)/ruff check feed clients replay tests benchmarks
 	$(BIN)/mypy
 
 autobahn: $(VENV)/.installed

@@ -1,0 +1,1 @@
+"""Peer servers that tickwire is benchmarked against (see benchmarks/README.md)."""
