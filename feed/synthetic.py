@@ -61,6 +61,8 @@ _TWO = _ONE + (1 - _CHURN) * TWO_LEVELS_SHARE
 _TABLE_BITS = 12
 _TABLE_MASK = (1 << _TABLE_BITS) - 1
 _SIZE_CACHE = 3 * (1 << _TABLE_BITS)
+_PRICE_CACHE = 1 << 14
+"""Prices kept per instrument: a book spans a few thousand ticks, the walk drifts."""
 
 
 def symbol_names(count: int) -> tuple[str, ...]:
@@ -136,9 +138,12 @@ class _Instrument:
         self.sizes: dict[int, str] = {0: "0"}
 
     def price(self, tick: int) -> str:
-        """The canonical price of ``tick`` ticks (cached)."""
+        """The canonical price of ``tick`` ticks (cached; the walk keeps reaching new
+        prices, so the cache starts again when it is full)."""
         text = self.prices.get(tick)
         if text is None:
+            if len(self.prices) >= _PRICE_CACHE:
+                self.prices.clear()
             text = self.prices[tick] = _format(tick * self.tick_unit, self.price_decimals)
         return text
 

@@ -271,3 +271,12 @@ def test_snapshots_mid_stream_even_between_a_trade_and_its_settling_delta() -> N
     # The snapshots show the book the trade hit; the next event settles it.
     tally = replay(market, 20_000)
     assert tally.kinds["trade"] > 0
+
+
+def test_the_price_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(feed.synthetic, "_PRICE_CACHE", 8)
+    market = SyntheticMarket(1, seed=3)
+    instrument = market._books[0].instrument
+    prices = [instrument.price(tick) for tick in range(1000, 1100)]
+    assert len(instrument.prices) <= 8
+    assert prices == [instrument.price(tick) for tick in range(1000, 1100)]  # same strings
