@@ -27,6 +27,7 @@ from clients.loadgen import (
     percentile,
     run,
 )
+from clients.loadgen.compare import compare, comparison_json, format_comparison
 
 
 def server_frame(payload: bytes, opcode: int = OP_BINARY, rsv1: bool = False) -> bytes:
@@ -169,3 +170,31 @@ async def test_a_short_run_against_a_spawned_server() -> None:
             os.kill(pid, 0)
     assert any(line.startswith("listening on ") for line in log.lines)
     assert log.errors == 0
+
+
+async def test_compare_measures_each_server_under_the_same_load() -> None:
+    config = LoadConfig(spawn="--synthetic 500 --symbols 2", connections=2, workers=1,
+                        duration=1.0, warmup=0.5, channel="book", depth=10, compress=False,
+                        sample_every=1)
+    with trio.fail_after(60):
+        entries = await compare(config, ["tickwire", "floor", "nosuch"])
+    assert [e.server for e in entries] == ["tickwire", "floor", "nosuch"]
+    tickwire, floor, nosuch = entries
+    assert nosuch.report is None and nosuch.error is not None and "unknown server" in nosuch.error
+    for entry in (tickwire, floor):
+        report = entry.report
+        assert report is not None and report.server is not None
+        assert report.server_command is not None and report.connections == 2
+        assert report.messages > 0 and report.server.events_per_s > 0
+        assert report.latency.samples > 0
+    assert tickwire.report is not None and tickwire.report.server_command is not None
+    assert tickwire.report.server_command[1:4] == ("-m", "feed", "serve")
+    assert floor.report is not None and floor.report.server_command is not None
+    assert floor.report.server_command[1:3] == ("-m", "benchmarks.floor")
+    table = format_comparison(entries)
+    assert table.splitlines()[0].split()[:3] == ["server", "msg/s", "per"]
+    assert "tickwire / floor: messages/s " in table and "nosuch" in table
+    data = orjson.loads(comparison_json(entries))
+    assert [d["server"] for d in data] == ["tickwire", "floor", "nosuch"]
+    assert data[0]["report"]["messages"] == tickwire.report.messages
+    assert data[2]["report"] is None

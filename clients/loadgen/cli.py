@@ -7,12 +7,18 @@ import sys
 
 import trio
 
+from clients.loadgen.compare import (
+    available_servers,
+    compare,
+    comparison_json,
+    format_comparison,
+)
 from clients.loadgen.config import CHANNELS, LoadConfig
 from clients.loadgen.errors import LoadError
 from clients.loadgen.frames import DEFAULT_SAMPLE_EVERY
 from clients.loadgen.report import format_report, report_json
 from clients.loadgen.runner import run
-from clients.loadgen.spawn import ServerLog
+from clients.loadgen.spawn import SERVERS, ServerLog
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
@@ -22,6 +28,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--spawn", metavar="ARGS",
                    help='start `python -m feed serve --port 0 ARGS` for the run, e.g. '
                         '"--synthetic 5000 --symbols 10"')
+    p.add_argument("--server", choices=tuple(SERVERS), default="tickwire",
+                   help="with --spawn: which server to start (peers: benchmarks/)")
+    p.add_argument("--compare", nargs="?", const="all", metavar="A,B",
+                   help="with --spawn: run the same load against each server in turn "
+                        "(default: tickwire and every peer this machine can run) and "
+                        "print them side by side")
     p.add_argument("--connections", type=int, default=100)
     p.add_argument("--duration", type=float, default=10.0, help="measured window, seconds")
     p.add_argument("--warmup", type=float, default=2.0,
@@ -49,7 +61,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m clients.loadgen")
     symbols = None if args.symbols == "all" else tuple(
         s.strip() for s in args.symbols.split(",") if s.strip())
     config = LoadConfig(
-        url=args.url, spawn=args.spawn, connections=args.connections, duration=args.duration,
+        url=args.url, spawn=args.spawn, server=args.server, connections=args.connections,
+        duration=args.duration,
         warmup=args.warmup, workers=args.workers, channel=args.channel, symbols=symbols,
         depth=args.depth, compress=args.compress, sample_every=args.sample_every,
         setup_timeout=args.setup_timeout)
@@ -58,6 +71,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m clients.loadgen")
     except LoadError as exc:
         print(f"loadgen: {exc}", file=sys.stderr)
         return 2
+    if args.compare is not None:
+        return _compare(config, args.compare, args.json)
     log = ServerLog()
     try:
         report = trio.run(run, config, log)
@@ -76,3 +91,31 @@ def main(argv: list[str] | None = None, prog: str = "python -m clients.loadgen")
         with open(args.json, "wb") as out:
             out.write(report_json(report))
     return 0
+
+
+def _compare(config: LoadConfig, which: str, json_out: str | None) -> int:
+    servers = available_servers() if which == "all" else [
+        name.strip() for name in which.split(",") if name.strip()]
+    unknown = [name for name in servers if name not in SERVERS]
+    if unknown or not servers:
+        print(f"loadgen: --compare takes servers from {', '.join(SERVERS)}", file=sys.stderr)
+        return 2
+    try:
+        entries = trio.run(compare, config, servers,
+                           lambda line: print(line, file=sys.stderr, flush=True))
+    except LoadError as exc:
+        print(f"loadgen: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("loadgen: interrupted", file=sys.stderr)
+        return 1
+    for entry in entries:
+        if entry.report is not None:
+            print(f"== {entry.server}")
+            print(format_report(entry.report))
+            print()
+    print(format_comparison(entries))
+    if json_out:
+        with open(json_out, "wb") as out:
+            out.write(comparison_json(entries))
+    return 0 if all(entry.report is not None for entry in entries) else 1

@@ -17,6 +17,8 @@ class LoadConfig:
 
     url: str | None = None
     spawn: str | None = None
+    server: str = "tickwire"
+    """With ``spawn``: which server to start (``clients.loadgen.spawn.SERVERS``)."""
     connections: int = 100
     duration: float = 10.0
     warmup: float = 2.0

@@ -103,5 +103,5 @@ async def run(config: LoadConfig, server_log: ServerLog | None = None) -> Report
     if config.spawn is None:
         assert config.url is not None
         return await measure(config, config.url)
-    async with spawn_server(config.spawn, server_log) as spawned:
+    async with spawn_server(config.spawn, server_log, config.server) as spawned:
         return await measure(config, spawned.url, spawned)

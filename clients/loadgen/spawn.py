@@ -1,4 +1,5 @@
-"""A tickwire server started for the run: ``python -m feed serve --port 0 ARGS``.
+"""A server started for the run: ``python -m feed serve --port 0 ARGS`` (tickwire), or
+one of the peers in benchmarks/ (``SERVERS``), which take the same arguments.
 
 Its URL is read from its ``listening on`` line, its output is kept in a ``ServerLog``
 for the report, and it is stopped however the run ends: SIGTERM, then SIGKILL after
@@ -15,12 +16,23 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import trio
 
 from clients.loadgen.errors import LoadError
 
-SERVER_START_TIMEOUT_S = 20.0
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+SERVERS: dict[str, tuple[str, ...]] = {
+    "tickwire": ("-m", "feed", "serve"),
+    "websockets": ("-m", "benchmarks.websockets_peer"),
+    "node": ("-m", "benchmarks.node_peer"),
+    "floor": ("-m", "benchmarks.floor"),
+}
+"""What ``--server NAME`` starts (with ``--port 0 ARGS``). The peers live in the
+repository's benchmarks/ folder, so they are started from the repository."""
+SERVER_START_TIMEOUT_S = 60.0
 SERVER_STOP_GRACE_S = 5.0
 """Time a spawned server, or a finished worker, is given to exit before it is killed."""
 
@@ -102,15 +114,18 @@ def _unwrapped() -> Iterator[None]:
 
 
 @asynccontextmanager
-async def spawn_server(args: str, log: ServerLog | None = None
+async def spawn_server(args: str, log: ServerLog | None = None, server: str = "tickwire",
                        ) -> AsyncIterator[SpawnedServer]:
-    """Run ``python -m feed serve --port 0 ARGS`` for the duration of the block; its
-    output goes to ``log``. Raises ``LoadError`` if it does not print its
-    ``listening on`` line in time. The server is stopped however the block ends."""
-    command = (sys.executable, "-m", "feed", "serve", "--port", "0", *shlex.split(args))
+    """Run ``python -m feed serve --port 0 ARGS`` (or the peer ``server`` names) for the
+    duration of the block; its output goes to ``log``. Raises ``LoadError`` if it does
+    not print its ``listening on`` line in time. The server is stopped however the block
+    ends."""
+    if server not in SERVERS:
+        raise LoadError(f"unknown server {server!r}; one of {', '.join(SERVERS)}")
+    command = (sys.executable, *SERVERS[server], "--port", "0", *shlex.split(args))
     process = await trio.lowlevel.open_process(
         list(command), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE)
+        stderr=subprocess.PIPE, cwd=REPOSITORY)
     log = log if log is not None else ServerLog()
     try:
         with _unwrapped():
