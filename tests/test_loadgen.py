@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import zlib
+from typing import Any
 
 import orjson
 import pytest
@@ -27,6 +28,7 @@ from clients.loadgen import (
     percentile,
     run,
 )
+from clients.loadgen.check import Checker, faults
 from clients.loadgen.compare import compare, comparison_json, format_comparison
 
 
@@ -160,6 +162,9 @@ async def test_a_short_run_against_a_spawned_server() -> None:
     # give or take the frames in flight at its two edges.
     assert abs(server.messages_sent - report.messages) <= 0.1 * report.messages + 20
     assert server.lag_events == 0 and server.closes == {}
+    # The worker's checking connection read every message and found nothing wrong.
+    assert report.checked_connections == 1 and faults(report.checks) == 0
+    assert report.checks["book_messages"] >= report.per_connection[0].messages
     assert [w.connections for w in report.worker_figures] == [4]
     assert 0 < report.worker_figures[0].cpu_cores < 0.9
 
@@ -198,3 +203,41 @@ async def test_compare_measures_each_server_under_the_same_load() -> None:
     assert [d["server"] for d in data] == ["tickwire", "floor", "nosuch"]
     assert data[0]["report"]["messages"] == tickwire.report.messages
     assert data[2]["report"] is None
+
+
+def book_msg(kind: str, seq: int, prev: int | None = None, bids: Any = (("100", "1"),),
+             checksum: int | None = None, reason: str = "subscribe",
+             symbol: str = "BTC") -> dict[str, Any]:
+    message: dict[str, Any] = {"type": kind, "symbol": symbol, "seq": seq,
+                               "bids": [list(b) for b in bids], "asks": [["101", "1"]],
+                               "checksum": checksum, "ts_event": 1, "ts_recv": 1,
+                               "ts_send": 1}
+    if kind == "book_snapshot":
+        message.update(depth=10, reason=reason)
+    else:
+        message["prev_seq"] = prev
+    return message
+
+
+def test_the_checker_finds_each_fault_once() -> None:
+    checker = Checker()
+    checker.check(book_msg("book_snapshot", 10))
+    checker.check(book_msg("book_update", 11, 10, bids=[("100", "2")]))
+    assert faults(checker.counts) == 0
+    checker.check(book_msg("book_update", 13, 12))  # 12 is missing
+    checker.check(book_msg("book_update", 14, 13))  # not checked again until a snapshot
+    assert checker.counts["chain_breaks"] == 1
+    checker.check(book_msg("book_snapshot", 20, reason="lag"))
+    checker.check(book_msg("book_update", 21, 20, checksum=12345))  # wrong checksum
+    assert checker.counts["checksum_mismatches"] == 1 and checker.counts["snapshots_lag"] == 1
+    checker.check(book_msg("book_update", 5, 3, symbol="ETH"))  # no snapshot for ETH
+    assert checker.counts["chain_breaks"] == 2
+    for seq in (1, 2, 4):
+        checker.check({"type": "trade", "symbol": "BTC", "seq": seq})
+    for seq in (7, 9, 9):
+        checker.check({"type": "bbo", "symbol": "BTC", "seq": seq})
+    checker.check({"type": "notice", "code": "gap", "symbol": "BTC"})
+    checker.check({"type": "book_update", "symbol": "BTC"})  # fields missing
+    assert (checker.counts["trade_seq_gaps"], checker.counts["bbo_seq_regressions"],
+            checker.counts["gaps"], checker.counts["bad_messages"]) == (1, 1, 1, 1)
+    assert faults(checker.counts) == 6

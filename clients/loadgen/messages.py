@@ -91,6 +91,9 @@ class WorkerResult:
     decode_errors: int
     histograms: dict[str, bytes]
     """HDR histograms of ``receive - ts_*`` by stamp (``clients.loadgen.latency``), encoded."""
+    checks: dict[str, int]
+    """What the checking connection counted (``clients.loadgen.check``), from subscribe on."""
+    checked_connections: int
 
 
 @dataclass(frozen=True)

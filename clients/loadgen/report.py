@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 import orjson
 
+from clients.loadgen.check import FAULTS, faults
 from clients.loadgen.config import LoadConfig
 from clients.loadgen.latency import STAMPS, LatencyHistogram, percentile
 from clients.loadgen.messages import ConnectionResult, Ready, Window, WorkerResult
@@ -137,6 +138,10 @@ class Report:
     per_connection: tuple[ConnectionResult, ...]
     sampled_types: dict[str, int]
     decode_errors: int
+    checks: dict[str, int]
+    """What the checking connections (one per worker) counted: messages checked, faults
+    (``clients.loadgen.check.FAULTS``), lag and resync snapshots, gap notices."""
+    checked_connections: int
     server_log_warnings: int | None
     server_log_errors: int | None
     server_log_notable: tuple[str, ...]
@@ -270,6 +275,14 @@ def build_report(config: LoadConfig, url: str, symbols: tuple[str, ...], window:
     decode_errors = sum(r.decode_errors for r in results)
     if decode_errors:
         warnings.append(f"{decode_errors} sampled messages could not be decoded")
+    checks: Counter[str] = Counter()
+    for r in results:
+        checks.update(r.checks)
+    if faults(checks):
+        found = ", ".join(f"{checks[name]} {name.replace('_', ' ')}" for name in FAULTS
+                          if checks[name])
+        warnings.append(f"BROKEN STREAM: the checking connections found {found}; the "
+                        "server delivered wrong data, whatever its speed")
     if spawned is not None and (spawned.log.warnings or spawned.log.errors):
         warnings.append(f"the server logged {spawned.log.warnings} warnings and "
                         f"{spawned.log.errors} errors")
@@ -289,7 +302,8 @@ def build_report(config: LoadConfig, url: str, symbols: tuple[str, ...], window:
         per_connection_max=round(rates[-1], 1),
         latency=latency, server=server, machine=machine,
         worker_figures=workers, per_connection=tuple(connections),
-        sampled_types=dict(types), decode_errors=decode_errors,
+        sampled_types=dict(types), decode_errors=decode_errors, checks=dict(checks),
+        checked_connections=sum(r.checked_connections for r in results),
         server_log_warnings=spawned.log.warnings if spawned else None,
         server_log_errors=spawned.log.errors if spawned else None,
         server_log_notable=tuple(spawned.log.notable) if spawned else (),
@@ -368,6 +382,12 @@ def format_report(report: Report) -> str:
     for w in report.worker_figures:
         rows.append((f"worker {w.worker}", f"{w.connections} connections, CPU "
                                            f"{w.cpu_cores:.0%} of a core ({w.cpu_s:.2f} s)"))
+    checked = sum(v for k, v in report.checks.items() if k.endswith("_messages"))
+    rows.append(("checks", f"{checked:,} messages on {report.checked_connections} "
+                           f"connection(s): {faults(report.checks)} faults"
+                           + "".join(f", {report.checks[k]} {k.replace('_', ' ')}"
+                                     for k in ("snapshots_lag", "snapshots_resync", "gaps")
+                                     if report.checks.get(k))))
     if report.sampled_types:
         rows.append(("sampled types", ", ".join(f"{k} {v}" for k, v in
                                                 sorted(report.sampled_types.items()))))

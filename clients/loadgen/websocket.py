@@ -21,6 +21,7 @@ from clients.loadgen.frames import (
     NORMAL_CLOSURE,
     OP_CLOSE,
     OP_TEXT,
+    Frame,
     FrameReader,
     client_frame,
     close_code,
@@ -74,16 +75,20 @@ async def open_websocket(endpoint: Endpoint, compress: bool) -> tuple[trio.Socke
 
 
 async def request_reply(stream: trio.SocketStream, reader: FrameReader,
-                        request: dict[str, Any], reply_type: str) -> dict[str, Any]:
+                        request: dict[str, Any], reply_type: str,
+                        ) -> tuple[dict[str, Any], list[Frame]]:
     """Send one request and read until its reply (every message decoded meanwhile).
-    Raises ``LoadError`` on an ``error`` reply, a close or the end of the stream."""
+    Returns the reply and the frames that came after it in the same read (a
+    subscription's first snapshots often do). Raises ``LoadError`` on an ``error``
+    reply, a close or the end of the stream."""
     reader.set_sampling(1)
     await stream.send_all(client_frame(OP_TEXT, orjson.dumps(request)))
     while True:
         data = await stream.receive_some(RECEIVE_BYTES)
         if not data:
             raise LoadError(f"connection lost waiting for {reply_type!r}")
-        for frame in reader.feed(data):
+        frames = reader.feed(data)
+        for index, frame in enumerate(frames):
             if frame.opcode == OP_CLOSE:
                 code, reason = close_code(frame.payload)
                 raise LoadError(f"closed {code} {reason!r} waiting for {reply_type!r}")
@@ -93,13 +98,14 @@ async def request_reply(stream: trio.SocketStream, reader: FrameReader,
                     raise LoadError(f"{request['op']} refused: {message.get('code')}: "
                                     f"{message.get('message')}")
                 if kind == reply_type:
-                    return dict(message)
+                    return dict(message), frames[index + 1:]
 
 
 async def list_symbols(endpoint: Endpoint, channel: str) -> list[str]:
     """The symbols the server carries on ``channel`` (one short probe connection)."""
     stream, _ = await open_websocket(endpoint, compress=False)
     async with stream:
-        reply = await request_reply(stream, FrameReader(), {"op": "list", "id": 1}, "symbols")
+        reply, _ = await request_reply(stream, FrameReader(), {"op": "list", "id": 1},
+                                       "symbols")
         await stream.send_all(client_frame(OP_CLOSE, NORMAL_CLOSURE))
     return [s["symbol"] for s in reply.get("symbols", []) if channel in s.get("channels", ())]

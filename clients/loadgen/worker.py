@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 import trio
 
+from clients.loadgen.check import Checker
 from clients.loadgen.errors import FrameError, LoadError
 from clients.loadgen.frames import (
     NORMAL_CLOSURE,
@@ -120,6 +121,8 @@ class Subscriber:
         self.closed_early = False
         self.marks: list[tuple[int, int]] = []
         self.latencies: list[int] = []  # receive - ts_recv of this connection's samples
+        self.checker = Checker() if index == plan.connections[0] else None
+        """The worker's first connection reads every message and checks it."""
 
     async def set_up(self) -> None:
         """Handshake and subscribe; a failure is kept in ``error``, not raised."""
@@ -130,14 +133,17 @@ class Subscriber:
             request["depth"] = plan.depth
         try:
             self.stream, self.compressed = await open_websocket(plan.endpoint, plan.compress)
-            await request_reply(self.stream, self.reader, request, "subscribed")
+            _, after = await request_reply(self.stream, self.reader, request, "subscribed")
         except (OSError, LoadError, trio.BrokenResourceError) as exc:
             self.error = f"{type(exc).__name__}: {exc}"
             if self.stream is not None:
                 await trio.aclose_forcefully(self.stream)
             self.ended.set()
         else:
-            self.reader.set_sampling(plan.sample_every)
+            self.reader.set_sampling(1 if self.checker is not None else plan.sample_every)
+            if self.checker is not None:
+                for frame in after:  # the first snapshots may have come with the reply
+                    self._check(frame)
 
     async def receive(self) -> None:
         """Count frames until the connection closes (the hot loop)."""
@@ -146,6 +152,9 @@ class Subscriber:
         reader = self.reader
         sample = self.recorder.sample
         own = self.latencies
+        checker = self.checker
+        every = self.plan.sample_every
+        countdown = every
         try:
             while True:
                 data = await stream.receive_some(RECEIVE_BYTES)
@@ -160,7 +169,14 @@ class Subscriber:
                             self._ended(*close_code(frame.payload))
                             await self._send_close(frame.payload[:2])
                             return
-                        sample(frame, now_ns, own)
+                        if checker is None:
+                            sample(frame, now_ns, own)
+                            continue
+                        self._check(frame)  # every message; latency from one in K
+                        countdown -= 1
+                        if not countdown:
+                            countdown = every
+                            sample(frame, now_ns, own)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._ended(1006, f"connection lost: {exc}")
         except FrameError as exc:
@@ -168,6 +184,16 @@ class Subscriber:
         finally:
             self.ended.set()
             await trio.aclose_forcefully(stream)
+
+    def _check(self, frame: Frame) -> None:
+        assert self.checker is not None
+        try:
+            messages = decode_messages(frame)
+        except (zlib.error, orjson.JSONDecodeError):
+            self.checker.counts["bad_messages"] += 1
+            return
+        for message in messages:
+            self.checker.check(message)
 
     def mark(self) -> None:
         """Note the counters (at the window's start, then its end)."""
@@ -262,6 +288,10 @@ async def _worker(plan: WorkerPlan, pipe: PipeEnd) -> WorkerResult | None:
         latencies_ns=tuple(recorder.latencies), sample_times_ns=tuple(recorder.times),
         sampled_types=dict(recorder.types),
         histograms={stamp: h.encode() for stamp, h in recorder.histograms.items()},
+        checks=dict(sum((s.checker.counts for s in subscribers if s.checker is not None),
+                        Counter())),
+        checked_connections=sum(s.checker is not None and s.error is None
+                                for s in subscribers),
         decode_errors=recorder.decode_errors)
 
 
