@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import zlib
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -30,6 +31,7 @@ from clients.loadgen import (
 )
 from clients.loadgen.check import Checker, faults
 from clients.loadgen.compare import compare, comparison_json, format_comparison
+from clients.loadgen.plot import plot
 
 
 def server_frame(payload: bytes, opcode: int = OP_BINARY, rsv1: bool = False) -> bytes:
@@ -177,7 +179,7 @@ async def test_a_short_run_against_a_spawned_server() -> None:
     assert log.errors == 0
 
 
-async def test_compare_measures_each_server_under_the_same_load() -> None:
+async def test_compare_measures_each_server_under_the_same_load(tmp_path: Path) -> None:
     config = LoadConfig(spawn="--synthetic 500 --symbols 2", connections=2, workers=1,
                         duration=1.0, warmup=0.5, channel="book", depth=10, compress=False,
                         sample_every=1)
@@ -199,6 +201,15 @@ async def test_compare_measures_each_server_under_the_same_load() -> None:
     table = format_comparison(entries)
     assert table.splitlines()[0].split()[:3] == ["server", "msg/s", "per"]
     assert "tickwire / floor: messages/s " in table and "nosuch" in table
+    assert tickwire.report.checked_connections == 1 and faults(tickwire.report.checks) == 0
+    assert floor.report.checked_connections == 0  # prebuilt frames, not a book
+    for report in (tickwire.report, floor.report):
+        assert len(report.throughput) == 4  # 1 s window in 0.25 s steps
+        assert all(rate > 0 for rate in report.throughput)
+        assert report.latency.curve[0][0] == 0.0 and report.latency.curve[-1][0] > 99.0
+    picture = tmp_path / "compare.png"
+    plot([("tickwire", tickwire.report), ("floor", floor.report)], str(picture))
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and picture.stat().st_size > 10_000
     data = orjson.loads(comparison_json(entries))
     assert [d["server"] for d in data] == ["tickwire", "floor", "nosuch"]
     assert data[0]["report"]["messages"] == tickwire.report.messages

@@ -16,7 +16,8 @@ from clients.loadgen.compare import (
 from clients.loadgen.config import CHANNELS, LoadConfig
 from clients.loadgen.errors import LoadError
 from clients.loadgen.frames import DEFAULT_SAMPLE_EVERY
-from clients.loadgen.report import format_report, report_json
+from clients.loadgen.plot import plot
+from clients.loadgen.report import Report, format_report, report_json
 from clients.loadgen.runner import run
 from clients.loadgen.spawn import SERVERS, ServerLog
 
@@ -49,6 +50,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                    help="decode one data message in K for latency")
     p.add_argument("--setup-timeout", type=float, default=30.0)
     p.add_argument("--json", metavar="OUT", help="write the figures to this file")
+    p.add_argument("--plot", metavar="OUT.png",
+                   help="draw the latency distribution and the throughput over time")
     p.add_argument("--server-log", metavar="FILE",
                    help="with --spawn: write the server's output to this file")
     return p
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m clients.loadgen")
         print(f"loadgen: {exc}", file=sys.stderr)
         return 2
     if args.compare is not None:
-        return _compare(config, args.compare, args.json)
+        return _compare(config, args.compare, args.json, args.plot)
     log = ServerLog()
     try:
         report = trio.run(run, config, log)
@@ -90,10 +93,22 @@ def main(argv: list[str] | None = None, prog: str = "python -m clients.loadgen")
     if args.json:
         with open(args.json, "wb") as out:
             out.write(report_json(report))
+    return _plot([(config.server, report)], args.plot)
+
+
+def _plot(runs: list[tuple[str, Report]], path: str | None) -> int:
+    if path is None or not runs:
+        return 0
+    try:
+        plot(runs, path)
+    except LoadError as exc:
+        print(f"loadgen: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
-def _compare(config: LoadConfig, which: str, json_out: str | None) -> int:
+def _compare(config: LoadConfig, which: str, json_out: str | None,
+             plot_out: str | None) -> int:
     servers = available_servers() if which == "all" else [
         name.strip() for name in which.split(",") if name.strip()]
     unknown = [name for name in servers if name not in SERVERS]
@@ -116,4 +131,5 @@ def _compare(config: LoadConfig, which: str, json_out: str | None) -> int:
     if json_out:
         with open(json_out, "wb") as out:
             out.write(comparison_json(entries))
-    return 0 if all(entry.report is not None for entry in entries) else 1
+    status = _plot([(e.server, e.report) for e in entries if e.report is not None], plot_out)
+    return status or (0 if all(entry.report is not None for entry in entries) else 1)

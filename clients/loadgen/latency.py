@@ -71,6 +71,22 @@ class LatencyHistogram:
         value: int = self.hdr.get_value_at_percentile(pct)
         return round(value / 1e6, 3)
 
+    def curve(self) -> list[tuple[float, float]]:
+        """``(percentile, ms)`` points for a percentile plot, as HdrHistogram draws it:
+        ever closer to 100 (each step halves the distance to it, in thirds), up to the
+        largest value recorded."""
+        count = self.count
+        points: list[tuple[float, float]] = []
+        step = 0
+        while count:
+            pct = 100.0 * (1.0 - 0.5 ** (step / 3))
+            value: int = self.hdr.get_value_at_percentile(pct)
+            points.append((pct, round(value / 1e6, 3)))
+            if (100.0 - pct) * count < 100.0:  # past the last sample
+                break
+            step += 1
+        return points
+
     def max_ms(self) -> float | None:
         value: int = self.hdr.get_max_value()
         return round(value / 1e6, 3) if self.count else None

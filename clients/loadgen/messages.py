@@ -32,6 +32,8 @@ class WorkerPlan:
     depth: int
     compress: bool
     sample_every: int
+    check: bool = True
+    """Whether the worker's first connection checks every message."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,9 @@ class WorkerResult:
     checks: dict[str, int]
     """What the checking connection counted (``clients.loadgen.check``), from subscribe on."""
     checked_connections: int
+    throughput: tuple[float, ...]
+    """Messages per second received by the worker's connections, in steps of
+    ``THROUGHPUT_STEP_S`` from the window's start."""
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,8 @@ class LatencyFigures:
     an old file, whose values are clipped at an hour): p50, p99, p99.9, max."""
     clipped: int
     """Samples over an hour (any stamp), recorded as an hour."""
+    curve: list[tuple[float, float]]
+    """``receive - ts_recv`` as ``(percentile, ms)`` points, for ``--plot``."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,8 @@ class Report:
     """What the checking connections (one per worker) counted: messages checked, faults
     (``clients.loadgen.check.FAULTS``), lag and resync snapshots, gap notices."""
     checked_connections: int
+    throughput: tuple[float, ...]
+    """Messages per second received by all connections, every ``THROUGHPUT_STEP_S``."""
     server_log_warnings: int | None
     server_log_errors: int | None
     server_log_notable: tuple[str, ...]
@@ -212,7 +216,7 @@ def _latency(results: Sequence[WorkerResult], window: Window,
         recv.max_ms(), round(percentile(first, 50) / 1e6, 3) if first else None,
         round(percentile(last, 50) / 1e6, 3) if last else None,
         brief(hist["ts_send"]), brief(hist["ts_event"]),
-        sum(h.clipped for h in hist.values()))
+        sum(h.clipped for h in hist.values()), recv.curve())
 
 
 def build_report(config: LoadConfig, url: str, symbols: tuple[str, ...], window: Window,
@@ -304,6 +308,8 @@ def build_report(config: LoadConfig, url: str, symbols: tuple[str, ...], window:
         worker_figures=workers, per_connection=tuple(connections),
         sampled_types=dict(types), decode_errors=decode_errors, checks=dict(checks),
         checked_connections=sum(r.checked_connections for r in results),
+        throughput=tuple(sum(rates) for rates in zip(*(r.throughput for r in results),
+                                                      strict=False)),
         server_log_warnings=spawned.log.warnings if spawned else None,
         server_log_errors=spawned.log.errors if spawned else None,
         server_log_notable=tuple(spawned.log.notable) if spawned else (),
@@ -383,8 +389,10 @@ def format_report(report: Report) -> str:
         rows.append((f"worker {w.worker}", f"{w.connections} connections, CPU "
                                            f"{w.cpu_cores:.0%} of a core ({w.cpu_s:.2f} s)"))
     checked = sum(v for k, v in report.checks.items() if k.endswith("_messages"))
-    rows.append(("checks", f"{checked:,} messages on {report.checked_connections} "
-                           f"connection(s): {faults(report.checks)} faults"
+    rows.append(("checks", "not checked (this server sends no book)"
+                 if not report.checked_connections else
+                 f"{checked:,} messages on {report.checked_connections} "
+                 f"connection(s): {faults(report.checks)} faults"
                            + "".join(f", {report.checks[k]} {k.replace('_', ' ')}"
                                      for k in ("snapshots_lag", "snapshots_resync", "gaps")
                                      if report.checks.get(k))))

@@ -27,7 +27,13 @@ from clients.loadgen.messages import Finish, Ready, Window, WorkerPlan, WorkerRe
 from clients.loadgen.metrics import fetch_metrics, machine_busy_s
 from clients.loadgen.pool import receive_all, start_workers, stop_workers
 from clients.loadgen.report import Report, build_report, server_figures
-from clients.loadgen.spawn import SERVER_STOP_GRACE_S, ServerLog, SpawnedServer, spawn_server
+from clients.loadgen.spawn import (
+    SERVER_STOP_GRACE_S,
+    UNCHECKED,
+    ServerLog,
+    SpawnedServer,
+    spawn_server,
+)
 from clients.loadgen.websocket import list_symbols, parse_url
 
 RESULTS_TIMEOUT_S = 15.0
@@ -51,7 +57,8 @@ async def measure(config: LoadConfig, url: str, spawned: SpawnedServer | None = 
     workers = config.worker_count()
     plans = [WorkerPlan(w, endpoint, tuple(range(w, config.connections, workers)),
                         config.channel, symbols, config.depth, config.compress,
-                        config.sample_every) for w in range(workers)]
+                        config.sample_every, config.server not in UNCHECKED)
+             for w in range(workers)]
     handles = await start_workers(plans)
     completed = False
     try:

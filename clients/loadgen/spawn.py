@@ -32,6 +32,8 @@ SERVERS: dict[str, tuple[str, ...]] = {
 }
 """What ``--server NAME`` starts (with ``--port 0 ARGS``). The peers live in the
 repository's benchmarks/ folder, so they are started from the repository."""
+UNCHECKED = frozenset({"floor"})
+"""Servers whose stream is not checked: the floor sends prebuilt frames, not a book."""
 SERVER_START_TIMEOUT_S = 60.0
 SERVER_STOP_GRACE_S = 5.0
 """Time a spawned server, or a finished worker, is given to exit before it is killed."""

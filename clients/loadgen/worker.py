@@ -60,6 +60,8 @@ LATENCY_TYPES = frozenset({"book_update", "trade", "bbo"})
 SETUP_CONCURRENCY = 32
 """Handshakes a worker has in flight at once."""
 CLOSE_GRACE_S = 2.0
+THROUGHPUT_STEP_S = 0.25
+"""Messages received are noted this often in the window, for throughput over time."""
 """Time for the closing handshakes at the end of a run."""
 
 
@@ -121,7 +123,7 @@ class Subscriber:
         self.closed_early = False
         self.marks: list[tuple[int, int]] = []
         self.latencies: list[int] = []  # receive - ts_recv of this connection's samples
-        self.checker = Checker() if index == plan.connections[0] else None
+        self.checker = Checker() if plan.check and index == plan.connections[0] else None
         """The worker's first connection reads every message and checks it."""
 
     async def set_up(self) -> None:
@@ -268,6 +270,12 @@ async def _worker(plan: WorkerPlan, pipe: PipeEnd) -> WorkerResult | None:
         cpu0, wall0 = time.process_time(), time.time()
         for sub in subscribers:
             sub.mark()
+        throughput: list[int] = []  # messages received so far, every THROUGHPUT_STEP_S
+        step = 1
+        while (at := window.start + step * THROUGHPUT_STEP_S) <= window.end + 1e-6:
+            await trio.sleep_until(trio_deadline(at))
+            throughput.append(sum(s.reader.messages for s in subscribers))
+            step += 1
         await trio.sleep_until(trio_deadline(window.end))
         cpu1, wall1 = time.process_time(), time.time()
         for sub in subscribers:
@@ -292,7 +300,14 @@ async def _worker(plan: WorkerPlan, pipe: PipeEnd) -> WorkerResult | None:
                         Counter())),
         checked_connections=sum(s.checker is not None and s.error is None
                                 for s in subscribers),
+        throughput=_rates([sum(s.marks[0][0] for s in subscribers if s.marks), *throughput]),
         decode_errors=recorder.decode_errors)
+
+
+def _rates(counts: list[int]) -> tuple[float, ...]:
+    """Messages per second in each whole step between successive counts (a window that
+    is not a whole number of steps leaves its last fraction out)."""
+    return tuple((b - a) / THROUGHPUT_STEP_S for a, b in zip(counts, counts[1:], strict=False))
 
 
 def _percentile_ms(values: list[int], pct: float) -> float | None:
