@@ -129,6 +129,7 @@ async def test_a_short_run_against_a_spawned_server() -> None:
 
     assert report.workers == 1 and len(report.per_connection) == 4
     assert report.compressed_connections == 4
+    assert report.compression_ratio is not None and report.compression_ratio > 1.1
     assert report.symbols == ("SYN-BTC", "SYN-ETH")
     assert 1.8 < report.window_s < 2.5
     assert report.messages > 0 and report.bytes > 0
@@ -194,6 +195,7 @@ async def test_compare_measures_each_server_under_the_same_load(tmp_path: Path) 
         assert report.server_command is not None and report.connections == 2
         assert report.messages > 0 and report.server.events_per_s > 0
         assert report.latency.samples > 0
+        assert report.compression_ratio == 1.0  # not offered: nothing compressed
     assert tickwire.report is not None and tickwire.report.server_command is not None
     assert tickwire.report.server_command[1:4] == ("-m", "feed", "serve")
     assert floor.report is not None and floor.report.server_command is not None

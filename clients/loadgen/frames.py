@@ -108,14 +108,19 @@ class FrameReader:
         return picked
 
 
-def decode_messages(frame: Frame) -> list[Any]:
-    """The message objects of one data frame (a batch array gives several).
+def plain_payload(frame: Frame) -> bytes:
+    """A data frame's payload, inflated when it is compressed (``zlib.error`` if bad)."""
+    if frame.compressed:
+        return zlib.decompressobj(-15).decompress(frame.payload + _DEFLATE_TAIL)
+    return frame.payload
+
+
+def decode_messages(frame: Frame, plain: bytes | None = None) -> list[Any]:
+    """The message objects of one data frame (a batch array gives several); ``plain``
+    is its ``plain_payload`` when the caller has it already.
 
     Raises ``zlib.error`` or ``orjson.JSONDecodeError`` on a damaged payload."""
-    payload = frame.payload
-    if frame.compressed:
-        payload = zlib.decompressobj(-15).decompress(payload + _DEFLATE_TAIL)
-    value = orjson.loads(payload)
+    value = orjson.loads(plain_payload(frame) if plain is None else plain)
     return value if isinstance(value, list) else [value]
 
 

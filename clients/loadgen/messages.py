@@ -96,6 +96,8 @@ class WorkerResult:
     checks: dict[str, int]
     """What the checking connection counted (``clients.loadgen.check``), from subscribe on."""
     checked_connections: int
+    sampled_bytes: tuple[int, int]
+    """Payload bytes of the sampled frames: as received, and inflated."""
     throughput: tuple[float, ...]
     """Messages per second received by the worker's connections, in steps of
     ``THROUGHPUT_STEP_S`` from the window's start."""

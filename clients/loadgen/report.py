@@ -123,6 +123,9 @@ class Report:
     depth: int | None
     compress: bool
     compressed_connections: int
+    compression_ratio: float | None
+    """Inflated over received payload bytes of the sampled data messages (1.0 when
+    nothing is compressed; None without samples)."""
     warmup_s: float
     duration_s: float
     window_s: float
@@ -308,12 +311,19 @@ def build_report(config: LoadConfig, url: str, symbols: tuple[str, ...], window:
         worker_figures=workers, per_connection=tuple(connections),
         sampled_types=dict(types), decode_errors=decode_errors, checks=dict(checks),
         checked_connections=sum(r.checked_connections for r in results),
+        compression_ratio=_ratio(results),
         throughput=tuple(sum(rates) for rates in zip(*(r.throughput for r in results),
                                                       strict=False)),
         server_log_warnings=spawned.log.warnings if spawned else None,
         server_log_errors=spawned.log.errors if spawned else None,
         server_log_notable=tuple(spawned.log.notable) if spawned else (),
         warnings=tuple(warnings))
+
+
+def _ratio(results: Sequence[WorkerResult]) -> float | None:
+    wire = sum(r.sampled_bytes[0] for r in results)
+    plain = sum(r.sampled_bytes[1] for r in results)
+    return round(plain / wire, 3) if wire else None
 
 
 def _si(value: float, unit: str) -> str:
@@ -337,7 +347,9 @@ def format_report(report: Report) -> str:
                  + (f" depth {report.depth}" if report.depth else "")
                  + f", {len(report.symbols)} symbols"),
         ("compression", f"{'offered' if report.compress else 'off'}, in use on "
-                        f"{report.compressed_connections} connections"),
+                        f"{report.compressed_connections} connections"
+                        + (f"; payloads {report.compression_ratio:.2f}x smaller (sampled)"
+                           if report.compression_ratio else "")),
         ("window", f"{report.window_s:.2f} s after {report.warmup_s:g} s warmup"),
         ("received", f"{report.messages_per_s:,.0f} msg/s, "
                      f"{_si(report.bytes_per_s, 'B/s')} "

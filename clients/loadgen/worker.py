@@ -40,6 +40,7 @@ from clients.loadgen.frames import (
     client_frame,
     close_code,
     decode_messages,
+    plain_payload,
 )
 from clients.loadgen.latency import STAMPS, LatencyHistogram, percentile
 from clients.loadgen.messages import (
@@ -76,6 +77,8 @@ class _Recorder:
         self.histograms = {stamp: LatencyHistogram() for stamp in STAMPS}
         self.types: Counter[str] = Counter()
         self.decode_errors = 0
+        self.wire_bytes = 0  # payload bytes of the sampled frames, as received...
+        self.plain_bytes = 0  # ...and inflated
 
     def sample(self, frame: Frame, now_ns: int, own: list[int]) -> None:
         """Decode a picked frame and record its latencies (``own``: the connection's
@@ -83,10 +86,13 @@ class _Recorder:
         if not self.start_ns <= now_ns < self.end_ns:
             return
         try:
-            messages = decode_messages(frame)
+            plain = plain_payload(frame)
+            messages = decode_messages(frame, plain)
         except (zlib.error, orjson.JSONDecodeError):
             self.decode_errors += 1
             return
+        self.wire_bytes += len(frame.payload)
+        self.plain_bytes += len(plain)
         histograms = self.histograms
         for message in messages:
             if not isinstance(message, dict):
@@ -300,6 +306,7 @@ async def _worker(plan: WorkerPlan, pipe: PipeEnd) -> WorkerResult | None:
                         Counter())),
         checked_connections=sum(s.checker is not None and s.error is None
                                 for s in subscribers),
+        sampled_bytes=(recorder.wire_bytes, recorder.plain_bytes),
         throughput=_rates([sum(s.marks[0][0] for s in subscribers if s.marks), *throughput]),
         decode_errors=recorder.decode_errors)
 
