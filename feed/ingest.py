@@ -132,17 +132,21 @@ class ReplaySource:
         self._stream: EventStream | None = None
         self._pass: Iterator[Event] = iter(())
         self._reported = 0
+        self._found: list[str] | None = None
 
     def symbols(self) -> list[str]:
         """The symbols replayed: those of the files, or the chosen ones (each of which
-        must be in the files: ``UnknownSymbols`` otherwise)."""
-        stream = EventStream(self.paths)
-        try:
-            found = list(stream.symbols())
-        finally:
-            stream.close()
+        must be in the files: ``UnknownSymbols`` otherwise). The files are read for
+        them once (a tick file whose header names none is read through)."""
+        if self._found is None:
+            stream = EventStream(self.paths)
+            try:
+                self._found = list(stream.symbols())
+            finally:
+                stream.close()
+        found = self._found
         if not self.only:
-            return found
+            return list(found)
         missing = [symbol for symbol in self.only if symbol not in found]
         if missing:
             raise UnknownSymbols(f"not in the files: {', '.join(missing)} "
