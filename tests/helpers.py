@@ -1,8 +1,9 @@
 """Test helpers: decode the server's prebuilt frames, a naive book model, reading a
-connection to its close."""
+connection to its close, a process's children."""
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from collections.abc import Iterable
@@ -81,3 +82,18 @@ class NaiveBook:
 
     def checksum(self) -> int:
         return book_checksum(self.sorted_bids(), self.sorted_asks(), self.depth)
+
+
+def children(pid: int) -> list[int]:
+    """Ids of the processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii") as stat:
+                ppid = int(stat.read().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid:
+            found.append(int(entry))
+    return found
+

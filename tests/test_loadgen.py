@@ -5,6 +5,9 @@ and leave no process behind."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ import orjson
 import pytest
 import trio
 
+from benchmarks import matrix
 from clients.loadgen import (
     OP_BINARY,
     OP_CLOSE,
@@ -32,6 +36,7 @@ from clients.loadgen import (
 from clients.loadgen.check import Checker, faults
 from clients.loadgen.compare import compare, comparison_json, format_comparison
 from clients.loadgen.plot import plot
+from tests.helpers import children
 
 
 def server_frame(payload: bytes, opcode: int = OP_BINARY, rsv1: bool = False) -> bytes:
@@ -216,6 +221,47 @@ async def test_compare_measures_each_server_under_the_same_load(tmp_path: Path) 
     assert [d["server"] for d in data] == ["tickwire", "floor", "nosuch"]
     assert data[0]["report"]["messages"] == tickwire.report.messages
     assert data[2]["report"] is None
+    # benchmarks.matrix renders a directory of such comparisons as the docs' table
+    (tmp_path / "c2-r500-off.json").write_bytes(comparison_json(entries))
+    rows = matrix.table(tmp_path).splitlines()
+    assert rows[0].startswith("| subscribers | events/s | deflate | server | msg/s |")
+    cells = [row.strip("| ").split(" | ") for row in rows[2:]]
+    assert [row[:4] for row in cells] == [["2", "500", "off", name]
+                                         for name in ("tickwire", "floor", "nosuch")]
+    assert cells[0][4] == f"{tickwire.report.messages_per_s:,.0f}"
+    assert cells[2][4].startswith("not measured: ")
+
+
+async def test_sigterm_stops_the_server_and_the_workers_it_started() -> None:
+    command = [sys.executable, "-m", "clients.loadgen", "--spawn", "--synthetic 200 --symbols 2",
+               "--connections", "2", "--workers", "1", "--duration", "60", "--warmup", "0"]
+    process = await trio.lowlevel.open_process(command, stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.PIPE)
+    assert process.stderr is not None
+    stderr = b""
+    try:
+        with trio.fail_after(30):
+            while b"connections subscribed" not in stderr:
+                data = await process.stderr.receive_some(65536)
+                assert data, stderr
+                stderr += data
+        # the server and the worker, and multiprocessing's resource tracker
+        started = children(process.pid)
+        assert len(started) == 3
+        pidfds = [os.pidfd_open(pid) for pid in started]
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            await process.wait()
+            stderr += await process.stderr.receive_some(65536)
+            for pidfd in pidfds:  # readable once the process has ended
+                await trio.lowlevel.wait_readable(pidfd)
+                os.close(pidfd)
+        assert process.returncode == 1 and b"loadgen: interrupted" in stderr
+        assert b"tickwire started (pid " in stderr
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
 
 
 def book_msg(kind: str, seq: int, prev: int | None = None, bids: Any = (("100", "1"),),

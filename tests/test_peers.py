@@ -24,7 +24,7 @@ from clients.loadgen.metrics import fetch_metrics
 from clients.messages import BookSnapshot, BookUpdate, parse_message
 from feed import protocol
 from feed.synthetic import symbol_names
-from tests.helpers import read_until_closed
+from tests.helpers import children, read_until_closed
 
 SYMBOLS = list(symbol_names(3))
 FEED = ("--synthetic", "2000", "--symbols", "3")
@@ -185,20 +185,6 @@ async def test_peers_listen_on_loopback_only(module: str) -> None:
 
 needs_node = pytest.mark.skipif(shutil.which("node") is None or shutil.which("npm") is None,
                                 reason="the Node ws peer needs node and npm on PATH")
-
-
-def children(pid: int) -> list[int]:
-    """Ids of the processes whose parent is ``pid`` (Linux /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii") as stat:
-                ppid = int(stat.read().rpartition(")")[2].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == pid:
-            found.append(int(entry))
-    return found
 
 
 def cpu_seconds(pid: int) -> float:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import trio
 
@@ -19,7 +22,34 @@ from clients.loadgen.frames import DEFAULT_SAMPLE_EVERY
 from clients.loadgen.plot import plot
 from clients.loadgen.report import Report, format_report, report_json
 from clients.loadgen.runner import run
-from clients.loadgen.spawn import SERVERS, ServerLog
+from clients.loadgen.spawn import SERVERS, ServerLog, unwrapped
+
+T = TypeVar("T")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+"""Signals that end a run the way Ctrl-C does: what it started is stopped first."""
+
+
+class Interrupted(Exception):
+    """The run was ended by a signal (SIGINT, SIGTERM or SIGHUP)."""
+
+
+async def stoppable(function: Callable[..., Awaitable[T]], *args: object) -> T:
+    """``await function(*args)``; SIGTERM or SIGHUP cancels it, so that it stops the
+    server and the workers it started, and raises ``Interrupted``."""
+    result: list[T] = []
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals, unwrapped():
+        async with trio.open_nursery() as nursery:
+            async def main() -> None:
+                result.append(await function(*args))
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(main)
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
+    if not result:
+        raise Interrupted
+    return result[0]
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
@@ -78,11 +108,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m clients.loadgen")
         return _compare(config, args.compare, args.json, args.plot)
     log = ServerLog()
     try:
-        report = trio.run(run, config, log)
+        report = trio.run(stoppable, run, config, log, _progress)
     except LoadError as exc:
         print(f"loadgen: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         print("loadgen: interrupted", file=sys.stderr)
         return 1
     finally:
@@ -94,6 +124,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m clients.loadgen")
         with open(args.json, "wb") as out:
             out.write(report_json(report))
     return _plot([(config.server, report)], args.plot)
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _plot(runs: list[tuple[str, Report]], path: str | None) -> int:
@@ -117,9 +151,8 @@ def _compare(config: LoadConfig, which: str, json_out: str | None,
               f"servers from {', '.join(SERVERS)}", file=sys.stderr)
         return 2
     try:
-        entries = trio.run(compare, config, servers,
-                           lambda line: print(line, file=sys.stderr, flush=True))
-    except KeyboardInterrupt:
+        entries = trio.run(stoppable, compare, config, servers, _progress)
+    except (KeyboardInterrupt, Interrupted):
         print("loadgen: interrupted", file=sys.stderr)
         return 1
     for entry in entries:

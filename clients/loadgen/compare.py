@@ -58,7 +58,7 @@ async def compare(config: LoadConfig, servers: Sequence[str],
         progress(f"measuring {server} ...")
         try:
             report = await run(dataclasses.replace(config, server=server, url=None),
-                               ServerLog())
+                               ServerLog(), progress)
         except LoadError as exc:
             entries.append(Entry(server, None, str(exc)))
             continue

@@ -23,6 +23,9 @@ from clients.loadgen.messages import ConnectionResult, Ready, Window, WorkerResu
 from clients.loadgen.metrics import metric_by_label, metric_total
 from clients.loadgen.spawn import SpawnedServer
 
+LATE_WINDOW = 0.05
+"""A worker whose window is longer or shorter than asked by more than this share of it
+was too busy to mark its start and end on time."""
 CPU_LIMIT = 0.9
 """A worker above this share of one core limits the measurement."""
 OTHER_LOAD_LIMIT = 0.2
@@ -247,6 +250,11 @@ def build_report(config: LoadConfig, url: str, symbols: tuple[str, ...], window:
             warnings.append(f"LOAD GENERATOR LIMITED: worker {w.worker} used "
                             f"{w.cpu_cores:.0%} of a core; the figures measure the load "
                             "generator, not the server (use more workers or fewer connections)")
+    for r in results:
+        if abs(r.window_s - config.duration) > LATE_WINDOW * config.duration:
+            warnings.append(f"LOAD GENERATOR LIMITED: worker {r.worker} measured a window "
+                            f"of {r.window_s:.2f} s instead of {config.duration:g} s: it "
+                            "was too busy to keep time, so its counts are not the server's")
     busy, irq, own = cpu
     cores = os.cpu_count() or 1
     loadgen = own + sum(w.cpu_cores for w in workers)

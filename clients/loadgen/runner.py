@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import suppress
 
 import trio
@@ -36,11 +37,21 @@ from clients.loadgen.spawn import (
 )
 from clients.loadgen.websocket import list_symbols, parse_url
 
-RESULTS_TIMEOUT_S = 15.0
+RESULTS_TIMEOUT_S = 60.0
+"""Time for the workers' results after the window: a worker swamped by its
+connections may be seconds late to end its window and close them."""
 
 
-async def measure(config: LoadConfig, url: str, spawned: SpawnedServer | None = None
-                  ) -> Report:
+Progress = Callable[[str], None]
+"""Where a run reports what it is doing, a line at a time (the command line: stderr)."""
+
+
+def _quiet(line: str) -> None:
+    pass
+
+
+async def measure(config: LoadConfig, url: str, spawned: SpawnedServer | None = None,
+                  progress: Progress = _quiet) -> Report:
     """Measure a running server at ``url``. Raises ``LoadError``."""
     endpoint = parse_url(url)
     try:
@@ -63,6 +74,9 @@ async def measure(config: LoadConfig, url: str, spawned: SpawnedServer | None = 
     completed = False
     try:
         ready: list[Ready] = await receive_all(handles, Ready, config.setup_timeout + 10)
+        failed = sum(len(r.failures) for r in ready)
+        progress(f"{config.connections - failed} of {config.connections} connections "
+                 f"subscribed; measuring {config.duration:g} s after {config.warmup:g} s")
         start = time.time() + config.warmup
         window = Window(start, start + config.duration)
         for handle in handles:
@@ -103,12 +117,14 @@ async def _try_metrics(endpoint: Endpoint, warnings: list[str]) -> dict[str, flo
         return None
 
 
-async def run(config: LoadConfig, server_log: ServerLog | None = None) -> Report:
+async def run(config: LoadConfig, server_log: ServerLog | None = None,
+              progress: Progress = _quiet) -> Report:
     """One whole run: spawn the server if asked (its output into ``server_log``),
     measure, and always stop what was started. Raises ``LoadError``."""
     config.check()
     if config.spawn is None:
         assert config.url is not None
-        return await measure(config, config.url)
+        return await measure(config, config.url, progress=progress)
     async with spawn_server(config.spawn, server_log, config.server) as spawned:
-        return await measure(config, spawned.url, spawned)
+        progress(f"{config.server} started (pid {spawned.pid}) at {spawned.url}")
+        return await measure(config, spawned.url, spawned, progress)

@@ -105,7 +105,7 @@ async def _stop_process(process: trio.Process) -> None:
 
 
 @contextmanager
-def _unwrapped() -> Iterator[None]:
+def unwrapped() -> Iterator[None]:
     """Let a nursery's single error out of its exception group, as itself."""
     try:
         yield
@@ -130,7 +130,7 @@ async def spawn_server(args: str, log: ServerLog | None = None, server: str = "t
         stderr=subprocess.PIPE, cwd=REPOSITORY)
     log = log if log is not None else ServerLog()
     try:
-        with _unwrapped():
+        with unwrapped():
             async with trio.open_nursery() as nursery:
                 try:
                     assert process.stdout is not None and process.stderr is not None

@@ -2,7 +2,8 @@
 
 Each worker runs trio in a process of its own (multiprocessing, spawn context)::
 
-    open its connections, subscribe each (SETUP_CONCURRENCY at a time)
+    open its connections (SETUP_CONCURRENCY handshakes at a time), then subscribe
+    every one at once
     -> Ready (and which connections failed)
     <- Window(start, end)     snapshot every connection's counters at start and at end
     <- Finish                 close its connections (1000)
@@ -132,26 +133,38 @@ class Subscriber:
         self.checker = Checker() if plan.check and index == plan.connections[0] else None
         """The worker's first connection reads every message and checks it."""
 
-    async def set_up(self) -> None:
-        """Handshake and subscribe; a failure is kept in ``error``, not raised."""
+    async def connect(self) -> None:
+        """The opening handshake; a failure is kept in ``error``, not raised."""
+        try:
+            self.stream, self.compressed = await open_websocket(self.plan.endpoint,
+                                                                self.plan.compress)
+        except (OSError, LoadError, trio.BrokenResourceError) as exc:
+            await self._failed(exc)
+
+    async def subscribe(self) -> None:
+        """Send the subscribe request and wait for its reply; a failure is kept in
+        ``error``, not raised."""
         plan = self.plan
+        assert self.stream is not None
         request: dict[str, Any] = {"op": "subscribe", "id": 1, "channel": plan.channel,
                                    "symbols": list(plan.symbols)}
         if plan.channel == "book":
             request["depth"] = plan.depth
         try:
-            self.stream, self.compressed = await open_websocket(plan.endpoint, plan.compress)
             _, after = await request_reply(self.stream, self.reader, request, "subscribed")
         except (OSError, LoadError, trio.BrokenResourceError) as exc:
-            self.error = f"{type(exc).__name__}: {exc}"
-            if self.stream is not None:
-                await trio.aclose_forcefully(self.stream)
-            self.ended.set()
-        else:
-            self.reader.set_sampling(1 if self.checker is not None else plan.sample_every)
-            if self.checker is not None:
-                for frame in after:  # the first snapshots may have come with the reply
-                    self._check(frame)
+            await self._failed(exc)
+            return
+        self.reader.set_sampling(1 if self.checker is not None else plan.sample_every)
+        if self.checker is not None:
+            for frame in after:  # the first snapshots may have come with the reply
+                self._check(frame)
+
+    async def _failed(self, exc: Exception) -> None:
+        self.error = f"{type(exc).__name__}: {exc}"
+        if self.stream is not None:
+            await trio.aclose_forcefully(self.stream)
+        self.ended.set()
 
     async def receive(self) -> None:
         """Count frames until the connection closes (the hot loop)."""
@@ -245,12 +258,24 @@ async def _worker(plan: WorkerPlan, pipe: PipeEnd) -> WorkerResult | None:
     limiter = trio.CapacityLimiter(SETUP_CONCURRENCY)
     pending = len(subscribers)
     all_set_up = trio.Event()
+    all_connected = trio.Event()
+    connecting = len(subscribers)
 
     async def run_one(sub: Subscriber) -> None:
-        nonlocal pending
+        nonlocal pending, connecting
         try:
-            async with limiter:
-                await sub.set_up()
+            try:
+                async with limiter:
+                    await sub.connect()
+            finally:
+                connecting -= 1
+                if connecting == 0:
+                    all_connected.set()
+            # Subscribe only once every connection is open: a server busy sending to
+            # the first subscribers would otherwise slow the later handshakes down.
+            await all_connected.wait()
+            if sub.error is None:
+                await sub.subscribe()
         finally:
             pending -= 1
             if pending == 0:
