@@ -1,9 +1,10 @@
 """Subscription groups: every client with the same subscription gets the same bytes.
 
 A group is one (channel, symbol, options). It turns book changes and trades into
-messages, encodes each message once, frames it once (``Frame``) and hands the same
-frame to every member. A member is anything with ``deliver(frame, kind, key, now)``
-(a ``Session``).
+messages, encodes each message once, frames it once (``Frame``) and publishes the same
+frame to every member through the ``FanOut`` (feed/fanout.py), which hands it out in
+batches. A member is a ``feed.fanout.Member`` (a ``Session``); what one member alone
+gets (its snapshot when it joins) is delivered to it directly.
 
 Book and bbo groups with ``interval_ms`` > 0 are conflated: they publish at most once
 per interval, the difference between what they last published and the book now.
@@ -14,20 +15,16 @@ and reason, for joiners, resyncs and lagging members.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
 
 from feed import protocol
 from feed.book import Book, BookChange
 from feed.events import Trade
+from feed.fanout import FanOut, Member
 from feed.outbox import Kind
 from feed.views import DepthView
 from feed.wsframe import Deflater, Frame
 
 Clock = Callable[[], int]
-
-
-class Member(Protocol):
-    def deliver(self, frame: Frame, kind: Kind, key: str, now_ns: int) -> None: ...
 
 
 class Group:
@@ -36,12 +33,13 @@ class Group:
     kind = Kind.CONTROL
     channel = ""
 
-    def __init__(self, symbol: str, deflater: Deflater, clock: Clock) -> None:
+    def __init__(self, symbol: str, deflater: Deflater, clock: Clock, fanout: FanOut) -> None:
         self.symbol = symbol
         self.key = f"{self.channel}:{symbol}"
         self.members: dict[Member, None] = {}
         self._deflater = deflater
         self._clock = clock
+        self._fanout = fanout
 
     @property
     def seq(self) -> int:
@@ -51,14 +49,19 @@ class Group:
     def frame(self, message: protocol.Message) -> Frame:
         return Frame(protocol.encode(message), self._deflater)
 
-    def publish(self, frame: Frame, now_ns: int, kind: Kind | None = None) -> None:
-        """Hand the same frame to every member (as the group's kind unless given)."""
-        kind = self.kind if kind is None else kind
+    def publish(self, frame: Frame, now_ns: int) -> None:
+        """Hand the same frame to every member receiving the group's publishes."""
+        self._fanout.publish(self, frame, self.kind, now_ns)
+
+    def notify_all(self, frame: Frame, now_ns: int) -> None:
+        """Hand a control frame to every member now, after what was published before."""
+        self._fanout.drain()
         for member in tuple(self.members):
-            member.deliver(frame, kind, self.key, now_ns)
+            member.deliver(frame, Kind.CONTROL, self.key, now_ns)
 
     def leave(self, member: Member) -> None:
         self.members.pop(member, None)
+        self._fanout.stop(member, self)
 
 
 class TradeGroup(Group):
@@ -67,8 +70,8 @@ class TradeGroup(Group):
     kind = Kind.TRADE
     channel = "trades"
 
-    def __init__(self, symbol: str, deflater: Deflater, clock: Clock) -> None:
-        super().__init__(symbol, deflater, clock)
+    def __init__(self, symbol: str, deflater: Deflater, clock: Clock, fanout: FanOut) -> None:
+        super().__init__(symbol, deflater, clock, fanout)
         self._seq = 0
 
     @property
@@ -77,6 +80,7 @@ class TradeGroup(Group):
 
     def join(self, member: Member, now_ns: int) -> None:
         self.members[member] = None
+        self._fanout.receive(member, self)
 
     def on_trade(self, trade: Trade, ts_recv: int) -> None:
         """Publish one trade, taken in by the ingester at ``ts_recv``."""
@@ -95,8 +99,9 @@ class ViewGroup(Group):
 
     def __init__(
         self, symbol: str, depth: int, interval_ms: int, deflater: Deflater, clock: Clock,
+        fanout: FanOut,
     ) -> None:
-        super().__init__(symbol, deflater, clock)
+        super().__init__(symbol, deflater, clock, fanout)
         self.view = DepthView(depth)
         self.interval_ns = interval_ms * 1_000_000
         self.last_publish_ns: int | None = None
@@ -138,9 +143,9 @@ class BookGroup(ViewGroup):
 
     def __init__(
         self, symbol: str, depth: int, interval_ms: int, checksum: bool,
-        deflater: Deflater, clock: Clock,
+        deflater: Deflater, clock: Clock, fanout: FanOut,
     ) -> None:
-        super().__init__(symbol, depth, interval_ms, deflater, clock)
+        super().__init__(symbol, depth, interval_ms, deflater, clock, fanout)
         self.checksum = checksum
         self.pending: set[Member] = set()
         self._snapshots: dict[str, Frame] = {}
@@ -156,7 +161,9 @@ class BookGroup(ViewGroup):
         if self.view.seq == 0:  # a new group; a live group's view follows the book
             self.view.reset(book)
             self.last_publish_ns = now_ns
+        self._fanout.drain()  # the snapshot comes after what was published before it
         member.deliver(self.snapshot("subscribe"), self.kind, self.key, now_ns)
+        self._fanout.receive(member, self)
 
     def leave(self, member: Member) -> None:
         super().leave(member)
@@ -184,9 +191,12 @@ class BookGroup(ViewGroup):
         self.last_publish_ns = now_ns
         self.dirty = False
         pending, self.pending = self.pending, set()
+        self._fanout.drain()  # the snapshots come after what was published before them
         for member in tuple(self.members):
             reason = "subscribe" if member in pending else "resync"
             member.deliver(self.snapshot(reason), self.kind, self.key, now_ns)
+            if member in pending and member in self.members:
+                self._fanout.receive(member, self)
 
     def on_gap(self) -> None:
         """The source lost the book: nothing is published until its next snapshot,
@@ -200,10 +210,7 @@ class BookGroup(ViewGroup):
         message = protocol.book_update_message(
             self.symbol, view.seq, prev_seq, bids, asks,
             view.checksum if self.checksum else None, view.ts_event, view.ts_recv, self._clock())
-        frame = self.frame(message)
-        for member in tuple(self.members):
-            if member not in self.pending:
-                member.deliver(frame, self.kind, self.key, now_ns)
+        self.publish(self.frame(message), now_ns)
 
 
 class BboGroup(ViewGroup):
@@ -212,20 +219,22 @@ class BboGroup(ViewGroup):
     kind = Kind.BBO
     channel = "bbo"
 
-    def __init__(self, symbol: str, interval_ms: int, deflater: Deflater, clock: Clock) -> None:
-        super().__init__(symbol, 1, interval_ms, deflater, clock)
+    def __init__(self, symbol: str, interval_ms: int, deflater: Deflater, clock: Clock,
+                 fanout: FanOut) -> None:
+        super().__init__(symbol, 1, interval_ms, deflater, clock, fanout)
         self._current: Frame | None = None
 
     def join(self, member: Member, book: Book, now_ns: int) -> None:
         """Add a member: it gets the current best bid and offer when there is a book."""
         self.members[member] = None
-        if not book.valid:
-            return
-        if self.view.seq == 0:
-            self.view.advance(book, None)
-            self.last_publish_ns = now_ns
-            self._current = None
-        member.deliver(self.current(), self.kind, self.key, now_ns)
+        if book.valid:
+            if self.view.seq == 0:
+                self.view.advance(book, None)
+                self.last_publish_ns = now_ns
+                self._current = None
+            self._fanout.drain()  # the bbo comes after what was published before it
+            member.deliver(self.current(), self.kind, self.key, now_ns)
+        self._fanout.receive(member, self)
 
     def current(self) -> Frame:
         """The encoded bbo of the published view."""

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from feed import protocol
 from feed.book import Book
 from feed.events import BookDelta, BookSnapshot, Event, Gap, Trade
-from feed.groups import BboGroup, BookGroup, Clock, Group, Member, TradeGroup, ViewGroup
-from feed.outbox import Kind
+from feed.fanout import FanOut, Member
+from feed.groups import BboGroup, BookGroup, Clock, Group, TradeGroup, ViewGroup
 from feed.protocol import BookOptions, RequestError
 from feed.wsframe import Deflater
 
@@ -36,11 +36,11 @@ class SymbolState:
 
     __slots__ = ("bbo_groups", "book", "book_groups", "trades")
 
-    def __init__(self, symbol: str, deflater: Deflater, clock: Clock) -> None:
+    def __init__(self, symbol: str, deflater: Deflater, clock: Clock, fanout: FanOut) -> None:
         self.book = Book(symbol)
         self.book_groups: dict[tuple[int, int, bool], BookGroup] = {}
         self.bbo_groups: dict[int, BboGroup] = {}
-        self.trades = TradeGroup(symbol, deflater, clock)
+        self.trades = TradeGroup(symbol, deflater, clock, fanout)
 
     def view_groups(self) -> list[ViewGroup]:
         """A copy: publishing may remove a group whose last member falls behind."""
@@ -55,6 +55,8 @@ class Hub:
         self.on_due_changed: Callable[[], None] = lambda: None
         """Called when a conflated group becomes the earliest due (wakes the snapshotter)."""
         self.deflater = deflater or Deflater()
+        self.fanout = FanOut()
+        """Hands published frames out to the members (in batches while held)."""
         self.symbols: dict[str, SymbolState] = {}
         self.stats = HubStats()
         self._due: list[tuple[int, int, ViewGroup]] = []
@@ -66,7 +68,8 @@ class Hub:
         """Carry ``symbol`` (idempotent): it is listed and can be subscribed to."""
         state = self.symbols.get(symbol)
         if state is None:
-            state = self.symbols[symbol] = SymbolState(symbol, self.deflater, self.clock)
+            state = self.symbols[symbol] = SymbolState(symbol, self.deflater, self.clock,
+                                                             self.fanout)
         return state
 
     def apply(self, event: Event, ts_recv: int) -> None:
@@ -108,7 +111,7 @@ class Hub:
                     group.on_gap()
                 # A control frame: the lag policy must not drop it with the book's. bbo
                 # members get it too: their last bbo is stale until the next snapshot.
-                group.publish(group.frame(notice), now, Kind.CONTROL)
+                group.notify_all(group.frame(notice), now)
 
     # -- conflation -------------------------------------------------------------------
 
@@ -133,12 +136,16 @@ class Hub:
     def run_due(self, now: int) -> None:
         """Publish every conflated group that is due."""
         due = self._due
-        while due and due[0][0] <= now:
-            _, _, group = heapq.heappop(due)
-            group.scheduled = False
-            book = self.symbols[group.symbol].book
-            if group.dirty and group.members and book.valid:
-                group.on_change(book, None, now)
+        self.fanout.hold()
+        try:
+            while due and due[0][0] <= now:
+                _, _, group = heapq.heappop(due)
+                group.scheduled = False
+                book = self.symbols[group.symbol].book
+                if group.dirty and group.members and book.valid:
+                    group.on_change(book, None, now)
+        finally:
+            self.fanout.release()
 
     # -- subscriptions ----------------------------------------------------------------
 
@@ -195,14 +202,15 @@ class Hub:
         if channel == "bbo":
             bbo = state.bbo_groups.get(options.interval_ms)
             if bbo is None:
-                bbo = BboGroup(symbol, options.interval_ms, self.deflater, self.clock)
+                bbo = BboGroup(symbol, options.interval_ms, self.deflater, self.clock,
+                               self.fanout)
                 state.bbo_groups[options.interval_ms] = bbo
             return bbo
         key = (options.depth, options.interval_ms, options.checksum)
         book = state.book_groups.get(key)
         if book is None:
             book = BookGroup(symbol, options.depth, options.interval_ms, options.checksum,
-                             self.deflater, self.clock)
+                             self.deflater, self.clock, self.fanout)
             state.book_groups[key] = book
         return book
 

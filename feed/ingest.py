@@ -222,32 +222,43 @@ async def _one_pass(server: Server, source: Source) -> int:
     first: int | None = None
     since_yield = 0
     applied = 0
-    for source_ns, event in source.events(start_wall):
-        if first is None:
-            first = source_ns
-        if speed is None:
-            stamp = clock()
-        else:
-            offset_ns = (source_ns - first) / speed
-            release = start_trio + offset_ns / 1e9
-            late = trio.current_time() - release
-            if late < 0:
-                _report(server, source)
-                await trio.sleep_until(release)
+    # The published frames are handed out once per run of events between two awaits
+    # (feed/fanout.py); the run must end before every await.
+    fanout = hub.fanout
+    fanout.hold()
+    try:
+        for source_ns, event in source.events(start_wall):
+            if first is None:
+                first = source_ns
+            if speed is None:
+                stamp = clock()
+            else:
+                offset_ns = (source_ns - first) / speed
+                release = start_trio + offset_ns / 1e9
+                late = trio.current_time() - release
+                if late < 0:
+                    _report(server, source)
+                    fanout.release()
+                    await trio.sleep_until(release)
+                    fanout.hold()
+                    since_yield = 0
+                    late = 0.0
+                metrics.feed_behind_s = late
+                stamp = start_wall + int(offset_ns)
+            began = time.perf_counter_ns()
+            hub.apply(event, stamp)
+            if record is not None:
+                record(event, stamp)
+            apply_time.observe(time.perf_counter_ns() - began)
+            applied += 1
+            since_yield += 1
+            if since_yield >= CHECKPOINT_EVERY:
+                fanout.release()
+                await trio.lowlevel.checkpoint()
+                fanout.hold()
                 since_yield = 0
-                late = 0.0
-            metrics.feed_behind_s = late
-            stamp = start_wall + int(offset_ns)
-        began = time.perf_counter_ns()
-        hub.apply(event, stamp)
-        if record is not None:
-            record(event, stamp)
-        apply_time.observe(time.perf_counter_ns() - began)
-        applied += 1
-        since_yield += 1
-        if since_yield >= CHECKPOINT_EVERY:
-            await trio.lowlevel.checkpoint()
-            since_yield = 0
+    finally:
+        fanout.release()
     _report(server, source)
     return applied
 

@@ -68,6 +68,7 @@ class Metrics:
     bad_lines: int = 0
     feed_behind_s: float = 0.0
     apply_time: LatencyHistogram = field(default_factory=LatencyHistogram)
+    fanout_time: LatencyHistogram = field(default_factory=LatencyHistogram)
     due_to_write: LatencyHistogram = field(default_factory=LatencyHistogram)
     write_time: LatencyHistogram = field(default_factory=LatencyHistogram)
 
@@ -99,7 +100,9 @@ def labelled_counter(name: str, doc: str, label: str,
 def stage_histogram(stages: dict[str, LatencyHistogram]) -> HistogramMetricFamily:
     family = HistogramMetricFamily(
         "tickwire_stage_latency_seconds",
-        "Per-stage latency: apply (ingest and fan-out of one event), due_to_write (from an "
+        "Per-stage latency: apply (one event into the book, its views and its encoded "
+        "messages), fanout (one run of published messages handed to the clients' "
+        "outboxes), due_to_write (from an "
         "event's release, its ts_recv, to the socket write that carries it: the feed's "
         "lateness plus the time in the client's outbox), write (one socket write)",
         labels=["stage"])

@@ -84,6 +84,7 @@ class Server:
         self.snapshotter = Snapshotter(self.hub, clock)
         self.flusher = Flusher()
         self.metrics = Metrics()
+        self.hub.fanout.on_drain = self.metrics.fanout_time.observe
         self.recorder = (Recorder(config.record, HubBooks(self.hub), clock=clock)
                          if config.record.dir and not echo else None)
         self.session_stats = SessionStats()
@@ -299,7 +300,8 @@ class Server:
                     "How late the ingester released its last event against the feed's "
                     "schedule (0 when on time; grows when the server cannot keep up)",
                     m.feed_behind_s)
-        yield stage_histogram({"apply": m.apply_time, "due_to_write": m.due_to_write,
+        yield stage_histogram({"apply": m.apply_time, "fanout": m.fanout_time,
+                               "due_to_write": m.due_to_write,
                                "write": m.write_time})
         if self.recorder is not None:
             yield from record_families(self.recorder.statistics())

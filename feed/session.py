@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from feed import protocol
+from feed.fanout import Entry
 from feed.groups import BboGroup, BookGroup, Group, TradeGroup
 from feed.hub import Hub
 from feed.outbox import Kind, Outbox
@@ -187,6 +188,17 @@ class Session:
             if outbox.push(frame.for_client(self.wbits), kind, key, now_ns):
                 self._lag(now_ns)
             elif len(outbox) == 1:
+                self.on_ready()
+
+    def deliver_many(self, entries: list[Entry], size: int, now_ns: int) -> None:
+        """Queue a run of published frames (``size`` bytes in all) in one go; apply the
+        lag policy when over budget."""
+        if self.state is State.OPEN:
+            outbox = self.outbox
+            was_empty = not outbox
+            if outbox.extend(entries, size, now_ns):
+                self._lag(now_ns)
+            elif was_empty:
                 self.on_ready()
 
     def _push(self, data: bytes, kind: Kind, key: str | None, now_ns: int) -> None:
