@@ -82,7 +82,7 @@ class Server:
         self.echo = echo
         self.hub = Hub(clock, Deflater(config.compression.level))
         self.snapshotter = Snapshotter(self.hub, clock)
-        self.flusher = Flusher()
+        self.flusher = Flusher(config.server.flush_pause_max_ms / 1000)
         self.metrics = Metrics()
         self.hub.fanout.on_drain = self.metrics.fanout_time.observe
         self.recorder = (Recorder(config.record, HubBooks(self.hub), clock=clock)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 from wsproto import ConnectionType
@@ -12,7 +13,7 @@ from wsproto.events import CloseConnection, Ping, Pong, TextMessage
 
 from feed.echo import EchoSession
 from feed.metrics import Metrics
-from feed.wsconn import ConnectionLimits, WebSocketConnection
+from feed.wsconn import ConnectionLimits, Flusher, WebSocketConnection
 from feed.wsframe import Deflater
 
 
@@ -75,3 +76,42 @@ async def test_bytes_after_the_closing_handshake_are_discarded() -> None:
         with trio.fail_after(2):
             while await client_stream.receive_some():
                 pass
+
+
+class TimedConnection:
+    """Stands in for a connection in the flusher: notes when it is written, and takes
+    ``cost_s`` of (mock) time to write."""
+
+    def __init__(self, clock: trio.testing.MockClock, cost_s: float) -> None:
+        self.clock = clock
+        self.cost_s = cost_s
+        self.writes: list[float] = []
+
+    def flush_nowait(self) -> None:
+        self.writes.append(trio.current_time())
+        self.clock.jump(self.cost_s)
+
+
+async def test_the_flusher_waits_after_a_long_pass_and_not_after_a_short_one(
+        autojump_clock: trio.testing.MockClock) -> None:
+    flusher = Flusher(max_pause_s=0.004)
+
+    async def two_passes(cost_s: float) -> list[float]:
+        """When two passes over a connection that takes ``cost_s`` to write began, the
+        second asked for as soon as the first is done."""
+        connection = TimedConnection(autojump_clock, cost_s)
+        flusher.mark(connection)  # type: ignore[arg-type]
+        await trio.testing.wait_all_tasks_blocked()  # the first pass has run
+        flusher.mark(connection)  # type: ignore[arg-type]
+        await trio.sleep(1)  # the clock jumps past whatever the flusher waits for
+        return [t - connection.writes[0] for t in connection.writes]
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flusher.run)
+        # a pass of 1 ms is followed by 3 ms of rest: the next starts 4 ms after it began
+        assert await two_passes(0.001) == pytest.approx([0.0, 0.004])
+        # a pass of 0.1 ms (a few clients) by none
+        assert await two_passes(0.0001) == pytest.approx([0.0, 0.0001])
+        # a pass of 3 ms would earn 9 ms: the wait is capped at max_pause_s
+        assert await two_passes(0.003) == pytest.approx([0.0, 0.007])
+        nursery.cancel_scope.cancel()
