@@ -97,9 +97,31 @@ def http_response(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
+INBOUND_WINDOW_BITS = 9
+"""The LZ77 window asked of clients that offer ``client_max_window_bits`` (RFC 7692
+7.1.2.2): requests are small JSON objects, so a 512-byte window costs nothing in
+ratio, and the inflate state the server keeps for each such client's messages shrinks
+from about 40 KiB (a 32 KiB window) to about 8 KiB."""
+
+
+def cap_client_window(offer: str, bits: int) -> str:
+    """The offer with its ``client_max_window_bits`` parameter, bare or with a value
+    above ``bits``, set to ``bits`` (the server may answer any value up to the
+    client's). An offer without the parameter is left alone: that client compresses
+    with the full 15-bit window, and the server must inflate with it."""
+    params = [param.strip() for param in offer.split(";")]
+    for i, param in enumerate(params):
+        name, equals, value = param.partition("=")
+        if name.strip() == "client_max_window_bits" and (
+                not equals or (value.strip().isdigit() and int(value) > bits)):
+            params[i] = f"client_max_window_bits={bits}"
+    return "; ".join(params)
+
+
 class DeflateExtension(PerMessageDeflate):
-    """permessage-deflate that always takes ``server_no_context_takeover`` and caps
-    the inflated size of each inbound message at ``max_message_bytes``."""
+    """permessage-deflate that always takes ``server_no_context_takeover``, asks a small
+    window of clients that let it choose (``INBOUND_WINDOW_BITS``), and caps the
+    inflated size of each inbound message at ``max_message_bytes``."""
 
     def __init__(self, max_message_bytes: int) -> None:
         super().__init__(server_no_context_takeover=True)
@@ -114,7 +136,7 @@ class DeflateExtension(PerMessageDeflate):
         self.client_no_context_takeover = False
         self._server_max_window_bits = self.DEFAULT_SERVER_MAX_WINDOW_BITS
         self._client_max_window_bits = self.DEFAULT_CLIENT_MAX_WINDOW_BITS
-        return super().accept(offer)
+        return super().accept(cap_client_window(offer, INBOUND_WINDOW_BITS))
 
     def frame_inbound_payload_data(
         self, proto: FrameDecoder | FrameProtocol, data: bytes,

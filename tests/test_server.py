@@ -243,14 +243,62 @@ async def test_a_third_party_client_interoperates(server: Server) -> None:
 
     url = server.url  # type: ignore[attr-defined]
 
-    async def client() -> list[dict[str, Any]]:
+    async def client() -> tuple[str, list[dict[str, Any]]]:
         async with websockets.connect(url, compression="deflate") as ws:
             await ws.send('{"op":"subscribe","id":1,"channel":"bbo","symbols":["BTC"]}')
-            return [orjson.loads(await ws.recv()) for _ in range(2)]
+            received = [orjson.loads(await ws.recv()) for _ in range(2)]
+            for n in range(3):  # compressed with context takeover, in its 512-byte window
+                await ws.send(orjson.dumps({"op": "ping", "id": f"ping-{n}" * 8}).decode())
+                received.append(orjson.loads(await ws.recv()))
+            assert ws.response is not None
+            return ws.response.headers["Sec-WebSocket-Extensions"], received
 
-    received = await trio.to_thread.run_sync(asyncio.run, client())
+    extensions, received = await trio.to_thread.run_sync(asyncio.run, client())
+    # The library offers a bare client_max_window_bits: the server picks a small window.
+    assert extensions == ("permessage-deflate; server_no_context_takeover; "
+                          "client_max_window_bits=9")
     assert received[0]["type"] == "subscribed"
     assert received[1]["type"] == "bbo" and received[1]["bid"] == ["100", "1"]
+    assert [(m["type"], m["id"]) for m in received[2:]] == [
+        ("pong", f"ping-{n}" * 8) for n in range(3)]
+
+
+async def test_a_client_that_offers_no_window_size_is_inflated_with_the_full_window(
+        server: Server) -> None:
+    """Without client_max_window_bits in its offer a client compresses with a 32 KiB
+    window: the server must inflate with it (a second message refers back 1,000+ bytes)."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, BytesMessage, Request, TextMessage
+    from wsproto.extensions import PerMessageDeflate
+
+    class BareOffer(PerMessageDeflate):
+        def offer(self) -> str:
+            return "server_no_context_takeover"  # no client_max_window_bits
+
+    url = server.url  # type: ignore[attr-defined]
+    host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
+    ws = WSConnection(ConnectionType.CLIENT)
+    pad = "".join(f"{n:04d}" for n in range(300))  # 1,200 bytes that do not repeat
+    async with await trio.open_tcp_stream(host, int(port)) as stream:
+        await stream.send_all(ws.send(Request(host=host, target="/v1/stream",
+                                              extensions=[BareOffer()])))
+        replies: list[dict[str, Any]] = []
+        with trio.fail_after(5):
+            while len(replies) < 2:
+                ws.receive_data(await stream.receive_some(65536))
+                for event in ws.events():
+                    if isinstance(event, AcceptConnection):
+                        assert [type(e) for e in event.extensions] == [BareOffer]
+                        for n in range(2):  # the second repeats the first's pad
+                            request = {"op": "ping", "id": n, "pad": pad}
+                            await stream.send_all(ws.send(TextMessage(
+                                orjson.dumps(request).decode())))
+                    elif isinstance(event, BytesMessage):
+                        replies.append(orjson.loads(event.data))
+    # Both inflated and parsed (the unknown field is refused as a bad request); with a
+    # too small window the second would not inflate and the connection would close.
+    assert [(r["type"], r["id"], r["code"]) for r in replies] == [
+        ("error", 0, "bad_request"), ("error", 1, "bad_request")]
 
 
 async def test_a_connection_outlives_the_handshake_deadline(nursery: trio.Nursery) -> None:
