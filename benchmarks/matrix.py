@@ -3,6 +3,7 @@ subscriber counts, feed rates and compression, and the markdown table of what it
 
     python -m benchmarks.matrix run OUT_DIR [--connections 10,100,1000]
         [--rates 1000,5000,20000] [--compress on,off] [--duration 10] [--warmup 3]
+        [--servers tickwire,floor]
     python -m benchmarks.matrix table OUT_DIR
 
 ``run`` starts one ``python -m clients.loadgen --compare`` per cell, one after the
@@ -54,10 +55,12 @@ def _name(count: int, rate: int, on: bool) -> str:
 
 
 def command(count: int, rate: int, on: bool, duration: float, warmup: float,
-            json_out: Path) -> list[str]:
-    """The load tool's command line for one cell."""
+            json_out: Path, servers: str | None = None) -> list[str]:
+    """The load tool's command line for one cell (``servers``: a ``--compare`` list;
+    default every server the machine can run)."""
+    compare = ["--compare"] if servers is None else ["--compare", servers]
     return [sys.executable, "-m", "clients.loadgen",
-            "--spawn", f"--synthetic {rate} --symbols {SYMBOLS}", "--compare",
+            "--spawn", f"--synthetic {rate} --symbols {SYMBOLS}", *compare,
             "--connections", str(count), "--duration", str(duration),
             "--warmup", str(warmup), "--channel", "book", "--depth", "10",
             "--compress" if on else "--no-compress",
@@ -65,7 +68,8 @@ def command(count: int, rate: int, on: bool, duration: float, warmup: float,
 
 
 def run_grid(out: Path, connections: Sequence[int], rates: Sequence[int],
-             compress: Sequence[bool], duration: float, warmup: float) -> int:
+             compress: Sequence[bool], duration: float, warmup: float,
+             servers: str | None = None) -> int:
     """Run every cell not yet in ``out``; 1 if any cell failed to produce its JSON."""
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
@@ -75,7 +79,7 @@ def run_grid(out: Path, connections: Sequence[int], rates: Sequence[int],
         if json_out.exists():
             print(f"{name}: already measured", file=sys.stderr)
             continue
-        argv = command(count, rate, on, duration, warmup, json_out)
+        argv = command(count, rate, on, duration, warmup, json_out, servers)
         with open(out / "commands.txt", "a", encoding="utf-8") as log:
             log.write(f"python {shlex.join(argv[1:])}\n")
         print(f"{name}: running", file=sys.stderr, flush=True)
@@ -159,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="on, off or on,off (default)")
     grid.add_argument("--duration", type=float, default=10.0)
     grid.add_argument("--warmup", type=float, default=3.0)
+    grid.add_argument("--servers", metavar="A,B",
+                      help="only these servers (default: every one this machine can run)")
     show = sub.add_parser("table", help="print the markdown table of OUT_DIR")
     show.add_argument("out", type=Path)
     args = parser.parse_args(argv)
@@ -170,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     if not compress:
         parser.error("--compress: on, off or on,off")
     return run_grid(args.out, args.connections, args.rates, compress, args.duration,
-                    args.warmup)
+                    args.warmup, args.servers)
 
 
 if __name__ == "__main__":
