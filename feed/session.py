@@ -1,9 +1,10 @@
 """One client connection's protocol state, free of IO.
 
 A session reads requests (``handle``), joins and leaves subscription groups, receives
-published frames (``deliver``) into its bounded outbox, applies the lag policy when the
-outbox goes over budget, makes heartbeats, and decides when and how the connection
-closes. The connection module (``feed.connection``) moves its bytes.
+published frames (``deliver`` one at a time, ``deliver_many`` a run handed out by the
+fan-out) into its bounded outbox, applies the lag policy when the outbox goes over
+budget, makes heartbeats, and decides when and how the connection closes. The
+connection module (``feed.wsconn``) moves its bytes.
 
 States::
 
