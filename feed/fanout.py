@@ -159,7 +159,6 @@ class FanOut:
 def _entries(run: list[tuple[Frame, Kind, str, int]], wbits: int) -> tuple[list[Entry], int]:
     """The outbox entries of a run for clients with server window ``wbits``, and their
     size in bytes."""
-    pick: Callable[[Frame], bytes] = (lambda f: f.deflated(wbits)) if wbits else (
-        lambda f: f.plain)
-    entries = [(pick(frame), kind, key, now_ns) for frame, kind, key, now_ns in run]
+    entries = [(frame.for_client(wbits), kind, key, now_ns)
+               for frame, kind, key, now_ns in run]
     return entries, sum(len(entry[0]) for entry in entries)

@@ -53,19 +53,17 @@ class Outbox:
     def push(self, data: bytes, kind: Kind, key: str | None, now_ns: int) -> bool:
         """Queue one frame for subscription ``key``. Returns True when the queue is now
         over budget and the caller must apply the lag policy."""
-        queue = self._queue
-        queue.append((data, kind, key, now_ns))
+        self._queue.append((data, kind, key, now_ns))
         self.queued_bytes += len(data)
-        return self.queued_bytes > self.max_bytes or now_ns - queue[0][3] > self.max_age_ns
+        return self.over_budget(now_ns)
 
     def extend(self, entries: list[tuple[bytes, Kind, str, int]], size: int,
                now_ns: int) -> bool:
         """Queue several frames (``size`` bytes in all) at once; True when the queue is
         now over budget, as for ``push``."""
-        queue = self._queue
-        queue.extend(entries)
+        self._queue.extend(entries)
         self.queued_bytes += size
-        return self.queued_bytes > self.max_bytes or now_ns - queue[0][3] > self.max_age_ns
+        return self.over_budget(now_ns)
 
     def over_budget(self, now_ns: int) -> bool:
         """True when the queue is over its byte or age budget."""
