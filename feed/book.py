@@ -1,9 +1,19 @@
-"""The L2 order book of one symbol: exact, sorted, cheap to apply and to cut to top N.
+"""The L2 order book of one symbol: exact, sorted when asked, cheap to apply.
 
-Each side keeps its levels in a dict keyed by the canonical price string and a sorted
-list of ``(key, price)`` pairs where ``key`` is the ``Decimal`` price, negated on the
-bid side, so that on both sides the best level comes first and "better than" is "less
-than". Apply is a dict update plus a bisect; top N is a slice.
+Each side keeps its levels in a dict keyed by the canonical price string (``sizes``).
+Applying an event is a dict update per level and nothing more: the price order is
+kept lazily. A side remembers the prices added or removed since it was last sorted
+and folds them into its sorted index (a bisect per price) only when someone asks for
+an ordered view (``top``, ``best``, ``key_at``). A replay with no subscriber never pays
+for order at all; a side whose pending changes outgrow its size is simply sorted
+again from its dict on the next read, so the pending list is bounded.
+
+The sort key of a price is a float when that is exact: a decimal of at most 15
+significant digits converts to a float that no other such decimal shares, and the
+conversion is correctly rounded and so monotonic; hence distinct prices keep their
+order. A side that meets a longer price switches to ``Decimal`` keys for good. Keys are
+negated on the bid side, so that on both sides the best level comes first and "better
+than" is "less than".
 
 The book numbers its versions (``seq``): the source's own sequence number when it has
 one, shifted only when the source goes backwards (a looped replay restarting), so that
@@ -12,78 +22,151 @@ one, shifted only when the source goes backwards (a looped replay restarting), s
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
-from collections.abc import Iterable
+from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
 from feed.events import BookDelta, BookSnapshot, Level
 
+Key = float | Decimal
+"""A price's sort key on one side: smaller is better."""
+
+_FLOAT_EXACT_CHARS = 15
+"""Prices of at most this many characters have at most 15 significant digits."""
+
 
 class BookSide:
     """One side of a book, best level first."""
 
-    __slots__ = ("_bid", "_order", "sizes")
+    __slots__ = ("_bid", "_exact", "_keys", "_pending", "_prices", "_stale", "sizes")
 
     def __init__(self, *, bid: bool) -> None:
         self._bid = bid
-        self._order: list[tuple[Decimal, str]] = []
         self.sizes: dict[str, str] = {}
+        """Every level: canonical price -> canonical size (never ``"0"``)."""
+        self._keys: list[Key] = []  # sorted sort keys of the indexed prices
+        self._prices: list[str] = []  # the indexed prices, in the order of _keys
+        self._pending: list[str] = []  # prices added or removed since the last sort
+        self._stale = False  # the index is to be rebuilt from sizes
+        self._exact = False  # Decimal keys (a price too long for an exact float)
 
-    def key(self, price: str) -> Decimal:
-        """Sort key of a price: smaller is better on both sides."""
-        value = Decimal(price)
+    def key(self, price: str) -> Key:
+        """Sort key of a price in the index's current mode: smaller is better."""
+        value: Key = Decimal(price) if self._exact else float(price)
         return -value if self._bid else value
 
-    def set(self, price: str, size: str) -> Decimal:
-        """Set a level's size (``"0"`` removes it); return the price's sort key."""
-        key = self.key(price)
-        if size == "0":
-            if self.sizes.pop(price, None) is not None:
-                order = self._order
-                del order[bisect_left(order, (key, price))]
-        else:
-            if price not in self.sizes:
-                insort(self._order, (key, price))
-            self.sizes[price] = size
-        return key
+    def reaches(self, prices: Sequence[str], edge: str) -> bool:
+        """True when any of ``prices`` is at or better than the price ``edge``."""
+        if len(edge) > _FLOAT_EXACT_CHARS or any(len(p) > _FLOAT_EXACT_CHARS for p in prices):
+            exact = Decimal(edge)
+            if self._bid:
+                return any(Decimal(p) >= exact for p in prices)
+            return any(Decimal(p) <= exact for p in prices)
+        limit = float(edge)
+        if self._bid:
+            return any(float(p) >= limit for p in prices)
+        return any(float(p) <= limit for p in prices)
+
+    def set(self, price: str, size: str) -> None:
+        """Set a level's size (``"0"`` removes it)."""
+        self.apply(((price, size),))
+
+    def apply(self, levels: Sequence[Level]) -> None:
+        """Set every level of an event, in order (``set`` for each, inlined)."""
+        sizes = self.sizes
+        pending = self._pending
+        for price, size in levels:
+            if size == "0":
+                if sizes.pop(price, None) is not None:
+                    pending.append(price)
+            else:
+                if price not in sizes:
+                    pending.append(price)
+                sizes[price] = size
+        if len(pending) > 64 and len(pending) > len(sizes):
+            pending.clear()  # cheaper to sort again than to replay them; stays bounded
+            self._stale = True
+
+    def replace(self, levels: Sequence[Level]) -> None:
+        """Replace every level (a snapshot); zero sizes are left out."""
+        self.sizes = {price: size for price, size in levels if size != "0"}
+        self._pending.clear()
+        self._stale = True
 
     def clear(self) -> None:
         """Remove every level."""
-        self._order.clear()
-        self.sizes.clear()
+        self.replace(())
+
+    def _sorted(self) -> list[str]:
+        """The prices, best first: the index, brought up to date."""
+        if self._stale:
+            self._rebuild()
+        elif self._pending:
+            self._fold()
+        return self._prices
+
+    def _rebuild(self) -> None:
+        if not self._exact and any(len(p) > _FLOAT_EXACT_CHARS for p in self.sizes):
+            self._exact = True  # for good: the side has met a long price
+        key = self.key
+        ordered = sorted((key(price), price) for price in self.sizes)
+        self._keys = [k for k, _ in ordered]
+        self._prices = [price for _, price in ordered]
+        self._pending.clear()
+        self._stale = False
+
+    def _fold(self) -> None:
+        pending = self._pending
+        if not self._exact and any(len(p) > _FLOAT_EXACT_CHARS for p in pending):
+            self._rebuild()  # switches the side to Decimal keys
+            return
+        sizes, keys, prices, key = self.sizes, self._keys, self._prices, self.key
+        for price in pending:
+            k = key(price)
+            i = bisect_left(keys, k)
+            present = i < len(prices) and prices[i] == price
+            if price in sizes:
+                if not present:
+                    keys.insert(i, k)
+                    prices.insert(i, price)
+            elif present:
+                del keys[i]
+                del prices[i]
+        pending.clear()
 
     def top(self, n: int) -> list[Level]:
         """The best ``n`` levels, best first."""
         sizes = self.sizes
-        return [(price, sizes[price]) for _, price in self._order[:n]]
+        return [(price, sizes[price]) for price in self._sorted()[:n]]
 
     def best(self) -> Level | None:
         """The best level, or ``None`` when the side is empty."""
-        if not self._order:
+        prices = self._sorted()
+        if not prices:
             return None
-        price = self._order[0][1]
-        return (price, self.sizes[price])
+        return (prices[0], self.sizes[prices[0]])
 
-    def key_at(self, index: int) -> Decimal | None:
+    def key_at(self, index: int) -> Key | None:
         """Sort key of the level at ``index`` (0 is best), ``None`` past the end."""
-        if index < len(self._order):
-            return self._order[index][0]
+        self._sorted()
+        if index < len(self._keys):
+            return self._keys[index]
         return None
 
     def __len__(self) -> int:
-        return len(self._order)
+        return len(self.sizes)
 
 
 @dataclass(slots=True)
 class BookChange:
-    """What one applied event changed: the sort keys touched on each side.
+    """What one applied event touched: the prices it set on each side.
 
     ``reset`` is true for a snapshot (everything may have changed).
     """
 
-    bid_keys: list[Decimal]
-    ask_keys: list[Decimal]
+    bid_prices: Sequence[str]
+    ask_prices: Sequence[str]
     reset: bool = False
 
 
@@ -120,28 +203,27 @@ class Book:
 
     def apply_snapshot(self, event: BookSnapshot, ts_recv: int) -> BookChange:
         """Replace the whole book; ``ts_recv`` is when the ingester took it in."""
-        self.bids.clear()
-        self.asks.clear()
-        _set_all(self.bids, event.bids)
-        _set_all(self.asks, event.asks)
+        self.bids.replace(event.bids)
+        self.asks.replace(event.asks)
         self.seq = self._next_seq(event.seq)
         self.source_seq = event.seq
         self.ts_event = event.ts_event
         self.ts_recv = ts_recv
         self.valid = True
-        return BookChange([], [], reset=True)
+        return BookChange((), (), reset=True)
 
     def apply_delta(self, event: BookDelta, ts_recv: int) -> BookChange | None:
         """Apply absolute level sizes; ``None`` when the book is not valid (no
         snapshot yet, or after a gap) and the delta was ignored."""
         if not self.valid:
             return None
-        change = BookChange(_set_all(self.bids, event.bids), _set_all(self.asks, event.asks))
+        self.bids.apply(event.bids)
+        self.asks.apply(event.asks)
         self.seq = self._next_seq(event.seq)
         self.source_seq = event.seq
         self.ts_event = event.ts_event
         self.ts_recv = ts_recv
-        return change
+        return BookChange([price for price, _ in event.bids], [price for price, _ in event.asks])
 
     def invalidate(self) -> None:
         """Forget the book after a source gap, until the next snapshot."""
@@ -153,7 +235,3 @@ class Book:
         """True when the best bid is at or above the best ask."""
         bid, ask = self.bids.best(), self.asks.best()
         return bid is not None and ask is not None and Decimal(bid[0]) >= Decimal(ask[0])
-
-
-def _set_all(side: BookSide, levels: Iterable[Level]) -> list[Decimal]:
-    return [side.set(price, size) for price, size in levels]

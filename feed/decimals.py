@@ -9,7 +9,11 @@ always spelled the same way, so a book may be keyed by the string.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from feed.events import Level
 
 _PLAIN = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
@@ -60,3 +64,50 @@ def format_decimal(value: Decimal) -> str:
 def is_zero(canonical_text: str) -> bool:
     """True when a canonical string is zero (canonical zero is exactly ``"0"``)."""
     return canonical_text == "0"
+
+
+class _Remembered(dict[str, str]):
+    """Decimal strings seen, each with its canonical spelling. Market data repeats the
+    same prices and sizes all the time, and a dict look-up is far cheaper than a check.
+    Looking up a new string checks it (``BadDecimal``, or ``TypeError`` for a
+    non-string) and remembers it; the dict is emptied when it is full."""
+
+    def __missing__(self, text: str) -> str:
+        spelled = canonical(text)
+        if len(self) >= REMEMBERED_MAX:
+            self.clear()
+        self[text] = spelled
+        return spelled
+
+
+REMEMBERED_MAX = 1 << 17
+"""``canonical_cached`` remembers at most this many strings (about 20 MB)."""
+_REMEMBERED = _Remembered()
+canonical_cached: Callable[[str], str] = _REMEMBERED.__getitem__
+"""``canonical``, remembered: for readers of market data."""
+_LIST_ONLY = frozenset((list,))
+
+
+def canonical_levels(raw: list[Any], error: type[ValueError], key: str) -> tuple[Level, ...]:
+    """``[[price, size], ...]`` as parsed from JSON, to canonical ``(price, size)`` levels.
+
+    Raises ``error`` (with a message naming ``key``) for anything that is not a list of
+    two-string lists, and ``BadDecimal`` for a string that is not a decimal number.
+    """
+    # The fast path. The type check matters: a two-character string would unpack as
+    # a level too.
+    if _LIST_ONLY.issuperset(map(type, raw)):
+        known = _REMEMBERED
+        try:
+            return tuple([(known[price], known[size]) for price, size in raw])
+        except (TypeError, ValueError):
+            pass  # malformed: the careful path says how
+    out: list[Level] = []
+    try:
+        for level in raw:
+            if type(level) is not list or len(level) != 2:
+                raise error(f'"{key}" level {level!r} is not [price, size]')
+            out.append((canonical_cached(level[0]), canonical_cached(level[1])))
+    except TypeError:  # a number or null where a decimal string belongs
+        raise error(f'"{key}" levels must be [price, size] strings') from None
+    return tuple(out)

@@ -10,7 +10,6 @@ worse than the view's last level of a full view cannot.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from decimal import Decimal
 
 from feed.book import Book, BookChange, BookSide
 from feed.checksum import book_checksum
@@ -30,9 +29,7 @@ def level_diff(old: Sequence[Level], new: Sequence[Level]) -> list[Level]:
 class DepthView:
     """The top ``depth`` levels of one book as last published, with seq and checksum."""
 
-    __slots__ = (
-        "_ask_edge", "_bid_edge", "asks", "bids", "checksum", "depth", "seq", "ts_event", "ts_recv",
-    )
+    __slots__ = ("asks", "bids", "checksum", "depth", "seq", "ts_event", "ts_recv")
 
     def __init__(self, depth: int) -> None:
         self.depth = depth
@@ -42,15 +39,11 @@ class DepthView:
         self.checksum = 0
         self.ts_event = 0
         self.ts_recv = 0
-        self._bid_edge: Decimal | None = None
-        self._ask_edge: Decimal | None = None
 
     def reset(self, book: Book) -> None:
         """Take the book's current top levels as published (a snapshot)."""
         self.bids = book.bids.top(self.depth)
         self.asks = book.asks.top(self.depth)
-        self._bid_edge = _edge(book.bids, self.depth)
-        self._ask_edge = _edge(book.asks, self.depth)
         self._stamp(book)
 
     def advance(
@@ -65,18 +58,18 @@ class DepthView:
         bid_changes: list[Level] = []
         ask_changes: list[Level] = []
         full = change is None or change.reset
-        if full or _reaches(change.bid_keys if change else [], self._bid_edge):
+        if full or _reaches(book.bids, change.bid_prices if change else (), self.bids,
+                            self.depth):
             new = book.bids.top(self.depth)
             bid_changes = level_diff(self.bids, new)
             if bid_changes:
                 self.bids = new
-                self._bid_edge = _edge(book.bids, self.depth)
-        if full or _reaches(change.ask_keys if change else [], self._ask_edge):
+        if full or _reaches(book.asks, change.ask_prices if change else (), self.asks,
+                            self.depth):
             new = book.asks.top(self.depth)
             ask_changes = level_diff(self.asks, new)
             if ask_changes:
                 self.asks = new
-                self._ask_edge = _edge(book.asks, self.depth)
         if not bid_changes and not ask_changes:
             return None
         self._stamp(book)
@@ -89,15 +82,12 @@ class DepthView:
         self.checksum = book_checksum(self.bids, self.asks, self.depth)
 
 
-def _edge(side: BookSide, depth: int) -> Decimal | None:
-    """Sort key of the last level a full view holds; ``None`` when the side has fewer
-    than ``depth`` levels (then any change reaches the view)."""
-    return side.key_at(depth - 1)
-
-
-def _reaches(keys: list[Decimal], edge: Decimal | None) -> bool:
-    if not keys:
+def _reaches(side: BookSide, prices: Sequence[str], shown: list[Level], depth: int) -> bool:
+    """Whether a change at ``prices`` can alter the top ``depth`` levels of ``side``, of
+    which the view last showed ``shown``: a view that is not full sees every change;
+    a full one only those at or better than its last level."""
+    if not prices:
         return False
-    if edge is None:
+    if len(shown) < depth:
         return True
-    return any(key <= edge for key in keys)
+    return side.reaches(prices, shown[-1][0])

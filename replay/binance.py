@@ -42,12 +42,12 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
-from functools import lru_cache
 from typing import Any
 
 import orjson
 
-from feed.decimals import canonical
+from feed.decimals import canonical_cached as _canonical
+from feed.decimals import canonical_levels
 from feed.events import BookDelta, BookSnapshot, Event, Gap, Level, Trade
 
 SNAPSHOT_WAIT_NS = 10_000_000_000
@@ -56,9 +56,6 @@ MAX_BUFFER = 10_000
 """Most diffs kept per symbol while waiting for a snapshot (the oldest go first)."""
 MAX_HELD = 200_000
 """Most events held back while waiting for a first snapshot; beyond it, stop waiting."""
-
-_canonical = lru_cache(maxsize=4096)(canonical)
-"""``canonical`` remembered: a feed repeats the same prices and sizes all the time."""
 
 
 class BadMessage(ValueError):
@@ -162,15 +159,7 @@ def _levels(data: dict[str, Any], key: str) -> tuple[Level, ...]:
     raw = data.get(key)
     if type(raw) is not list:
         raise BadMessage(f'"{key}" must be a list of [price, qty]')
-    out: list[Level] = []
-    try:
-        for level in raw:
-            if type(level) is not list or len(level) != 2:
-                raise BadMessage(f'"{key}" level {level!r} is not [price, qty]')
-            out.append((_canonical(level[0]), _canonical(level[1])))
-    except TypeError:  # a number or null where a decimal string belongs
-        raise BadMessage(f'"{key}" levels must be [price, qty] strings') from None
-    return tuple(out)
+    return canonical_levels(raw, BadMessage, key)
 
 
 def parse_diff(ts_recv: int, data: dict[str, Any]) -> Diff:

@@ -27,20 +27,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import orjson
 
-from feed.decimals import canonical
+from feed.decimals import canonical_cached as _canonical
+from feed.decimals import canonical_levels
 from feed.events import BookDelta, BookSnapshot, Event, Gap, Level, Trade
 
 FORMAT = "tickwire-ticks"
 VERSION = 1
-
-_canonical = lru_cache(maxsize=4096)(canonical)
-"""``canonical`` remembered: a file repeats the same prices and sizes all the time."""
-
 
 class TickFormatError(ValueError):
     """A line is not valid in the tick format (the file is damaged or not ours)."""
@@ -175,15 +171,7 @@ def _levels_in(obj: dict[str, Any], key: str) -> tuple[Level, ...]:
     raw = obj.get(key)
     if type(raw) is not list:
         raise TickFormatError(f'"{key}" must be a list of [price, size]')
-    out: list[Level] = []
-    try:
-        for level in raw:
-            if type(level) is not list or len(level) != 2:
-                raise TickFormatError(f'"{key}" level {level!r} is not [price, size]')
-            out.append((_canonical(level[0]), _canonical(level[1])))
-    except TypeError:  # a number or null where a decimal string belongs
-        raise TickFormatError(f'"{key}" levels must be [price, size] strings') from None
-    return tuple(out)
+    return canonical_levels(raw, TickFormatError, key)
 
 
 def decode_event(line: bytes) -> Event:

@@ -7,8 +7,14 @@ from feed.book import Book
 from feed.events import BookDelta, BookSnapshot
 
 prices = st.integers(min_value=1, max_value=60).map(lambda t: f"{100 + t / 4:g}")
+# Prices too long for a float to tell apart (> 15 significant digits), next to short ones
+# that round to the same float: a book that met one must order them exactly.
+long_prices = st.sampled_from(["100.00000000000000001", "100.0000000000000001",
+                               "99.999999999999999999", "100.25000000000000001", "100",
+                               "100.25", "99.99999999999999"])
 sizes = st.sampled_from(["0", "0", "1", "2.5", "0.001", "7"])
 levels = st.lists(st.tuples(prices, sizes), max_size=6)
+mixed_levels = st.lists(st.tuples(st.one_of(prices, long_prices), sizes), max_size=6)
 
 
 def snap(bids, asks, seq=None):
@@ -35,7 +41,7 @@ def test_delta_sets_and_removes_levels() -> None:
     assert change is not None
     assert book.bids.top(10) == [("98", "4")]
     assert book.asks.top(10) == [("101", "2")]
-    assert change.bid_keys == [Decimal("-99"), Decimal("-98")]
+    assert change.bid_prices == ["99", "98"]
 
 
 def test_removing_an_absent_level_is_harmless() -> None:
@@ -79,14 +85,16 @@ def test_gap_invalidates_until_next_snapshot() -> None:
     assert book.bids.top(5) == [("3", "1")]
 
 
-@settings(max_examples=200)
-@given(st.lists(st.tuples(levels, levels), max_size=30))
+@settings(max_examples=300)
+@given(st.lists(st.tuples(mixed_levels, mixed_levels, st.booleans()), max_size=30))
 def test_book_equals_a_naive_model(steps) -> None:
+    """Whether the order is read after every event (folding the changes in) or only at
+    the end (sorting once), the book is the naive model, exactly ordered."""
     book = Book("X")
     book.apply_snapshot(snap([], []), 0)
     model_bids: dict[str, str] = {}
     model_asks: dict[str, str] = {}
-    for bids, asks in steps:
+    for bids, asks, read in steps:
         book.apply_delta(delta(bids, asks), 0)
         for model, changes in ((model_bids, bids), (model_asks, asks)):
             for price, size in changes:
@@ -94,8 +102,43 @@ def test_book_equals_a_naive_model(steps) -> None:
                     model.pop(price, None)
                 else:
                     model[price] = size
-    expected_bids = sorted(model_bids.items(), key=lambda level: -Decimal(level[0]))
-    expected_asks = sorted(model_asks.items(), key=lambda level: Decimal(level[0]))
+        if read:
+            assert_book_is(book, model_bids, model_asks)
+    assert_book_is(book, model_bids, model_asks)
+
+
+def assert_book_is(book: Book, bids: dict[str, str], asks: dict[str, str]) -> None:
+    expected_bids = sorted(bids.items(), key=lambda level: -Decimal(level[0]))
+    expected_asks = sorted(asks.items(), key=lambda level: Decimal(level[0]))
     assert book.bids.top(1000) == expected_bids
     assert book.asks.top(1000) == expected_asks
     assert book.bids.best() == (expected_bids[0] if expected_bids else None)
+    assert book.asks.best() == (expected_asks[0] if expected_asks else None)
+    assert len(book.bids) == len(bids) and len(book.asks) == len(asks)
+
+
+def test_prices_beyond_float_precision_keep_their_exact_order() -> None:
+    """float("100.00000000000000001") == float("100"): the side must not tie them."""
+    book = Book("X")
+    book.apply_snapshot(snap([("100", "1"), ("99.5", "1")], [("100.5", "1")]), 0)
+    assert book.bids.top(5) == [("100", "1"), ("99.5", "1")]  # float keys so far
+    book.apply_delta(delta([("100.00000000000000001", "2"), ("99.99999999999999999", "3")],
+                           [("100.50000000000000001", "4")]), 0)
+    assert book.bids.top(5) == [("100.00000000000000001", "2"), ("100", "1"),
+                                ("99.99999999999999999", "3"), ("99.5", "1")]
+    assert book.asks.top(5) == [("100.5", "1"), ("100.50000000000000001", "4")]
+    book.apply_delta(delta([("100", "0")], []), 0)
+    assert book.bids.top(2) == [("100.00000000000000001", "2"), ("99.99999999999999999", "3")]
+
+
+def test_unread_changes_stay_bounded() -> None:
+    """A book nobody reads (a replay with no subscriber) keeps no growing backlog of
+    changes to sort in: past the size of the side it sorts again when read."""
+    book = Book("X")
+    book.apply_snapshot(snap([], []), 0)
+    for i in range(10_000):
+        price = str(1000 + i % 50)
+        book.apply_delta(delta([(price, "1" if i % 3 else "0")], []), 0)
+        assert len(book.bids._pending) <= max(64, len(book.bids)) + 1
+    expected = {str(1000 + j): "1" for j in range(50) if (9950 + j) % 3}
+    assert_book_is(book, expected, {})
