@@ -7,6 +7,12 @@ time, so that a server that falls behind shows it as latency instead of hiding i
 (no coordinated omission). It never waits for a client: publishing only fills bounded
 outboxes.
 
+Given a start instant (``run_ingester(start_ns=...)``, as every worker of ``--workers N``
+is), a pass releases and stamps its events on a schedule that depends on nothing but the
+source and that instant, so processes fed the same source release the same events with
+the same ``ts_recv`` in lockstep; a looped replay's next pass then starts where the last
+one's schedule ended. With ``speed`` None (``--speed max``) each runs at its own pace.
+
 The snapshotter publishes conflated groups (``interval_ms`` > 0) when they are due.
 """
 
@@ -51,12 +57,14 @@ class Source(Protocol):
 
     async def prepare(self) -> None:
         """Get the next pass ready, so that its first event comes without delay (the
-        slow part runs in a worker thread; the server keeps serving)."""
+        slow part runs in a worker thread; the server keeps serving). A second call
+        before the pass begins does nothing."""
         ...
 
     def events(self, start_ns: int) -> Iterator[tuple[int, Event]]:
         """One pass: (source time in ns, event) in source-time order. ``start_ns`` is
-        the wall-clock time of the pass's first release."""
+        the wall-clock time of the pass's first release; the pass is a function of the
+        source's settings and ``start_ns`` alone."""
         ...
 
     def problems(self) -> list[str]:
@@ -133,6 +141,7 @@ class ReplaySource:
         self._pass: Iterator[Event] = iter(())
         self._reported = 0
         self._found: list[str] | None = None
+        self._prepared = False
 
     def symbols(self) -> list[str]:
         """The symbols replayed: those of the files, or the chosen ones (each of which
@@ -157,20 +166,25 @@ class ReplaySource:
         """Open the files and read up to the first event of the window. With ``--from``
         that means folding everything before it into the books (``replay.window``),
         which may take minutes on a long recording: it runs in a worker thread."""
+        if self._prepared:
+            return
         self.close()
         self._stream = stream = EventStream(self.paths)
         self._reported = 0
         events = window(stream, start=self.start, end=self.end, symbols=self.only or None)
         first = await trio.to_thread.run_sync(next, events, None, abandon_on_cancel=True)
         self._pass = iter(()) if first is None else itertools.chain((first,), events)
+        self._prepared = True
 
     def events(self, start_ns: int) -> Iterator[tuple[int, Event]]:
+        self._prepared = False
         for event in self._pass:
             yield event.ts_recv, event
         self.close()
 
     def close(self) -> None:
         self._pass = iter(())
+        self._prepared = False
         if self._stream is not None:
             self._stream.close()
 
@@ -183,8 +197,11 @@ class ReplaySource:
         return new
 
 
-async def run_ingester(server: Server, source: Source) -> None:
-    """Feed ``source`` into the server's hub until it ends (or forever, looping)."""
+async def run_ingester(server: Server, source: Source, start_ns: int | None = None) -> None:
+    """Feed ``source`` into the server's hub until it ends (or forever, looping). With
+    ``start_ns`` (wall clock) the first pass starts at that instant and each later one
+    where the one before it was scheduled to end (lockstep with other processes); by
+    default each pass starts when it is ready."""
     hub = server.hub
     for symbol in source.symbols():
         hub.add_symbol(symbol)
@@ -194,7 +211,9 @@ async def run_ingester(server: Server, source: Source) -> None:
         server.recorder.source = source.origin
     try:
         while True:
-            applied = await _one_pass(server, source)
+            applied, end_ns = await _one_pass(server, source, start_ns)
+            if start_ns is not None:
+                start_ns = end_ns
             await trio.lowlevel.checkpoint()  # a short looped file must not starve the rest
             if not source.loop:
                 break
@@ -208,8 +227,9 @@ async def run_ingester(server: Server, source: Source) -> None:
     log.info("feed ended: %s", source.name)
 
 
-async def _one_pass(server: Server, source: Source) -> int:
-    """Release one pass of the source; return how many events it applied."""
+async def _one_pass(server: Server, source: Source, start_ns: int | None) -> tuple[int, int]:
+    """Release one pass of the source, starting at ``start_ns`` (None: now); return how
+    many events it applied and the stamp of its last one (its start if none)."""
     hub = server.hub
     clock = server.clock
     metrics = server.metrics
@@ -217,8 +237,10 @@ async def _one_pass(server: Server, source: Source) -> int:
     record = server.recorder.offer if server.recorder is not None else None
     speed = source.speed
     await source.prepare()
-    start_wall = clock()
-    start_trio = trio.current_time()
+    now = clock()
+    start_wall = now if start_ns is None else start_ns
+    start_trio = trio.current_time() + (start_wall - now) / 1e9
+    stamp = start_wall
     first: int | None = None
     since_yield = 0
     applied = 0
@@ -260,7 +282,7 @@ async def _one_pass(server: Server, source: Source) -> int:
     finally:
         fanout.release()
     _report(server, source)
-    return applied
+    return applied, stamp
 
 
 def _report(server: Server, source: Source) -> None:
