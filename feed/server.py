@@ -5,6 +5,9 @@ one connection task per client (whose sender writes that client's frames).
 SIGTERM): then every client gets a ``notice`` ``shutdown`` and close 1001, and the
 server is gone within ``server.shutdown_timeout_ms``.
 
+With ``server.workers`` > 1 (feed/workers.py) each worker process runs one ``Server``
+on listening sockets made for it (``run(listeners)``); ``worker`` is its index.
+
 Routes on the one port: ``/v1/stream`` (WebSocket; a plain GET gets 426), ``/healthz``,
 ``/metrics``, anything else 404. In echo mode every path is a WebSocket echo endpoint
 (for the conformance suite).
@@ -13,6 +16,7 @@ Routes on the one port: ``/v1/stream`` (WebSocket; a plain GET gets 426), ``/hea
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -75,11 +79,12 @@ class Server:
 
     def __init__(
         self, config: Config, feed: Feed | None = None, *, clock: Clock = time.time_ns,
-        echo: bool = False,
+        echo: bool = False, worker: int = 0,
     ) -> None:
         self.config = config
         self.clock = clock
         self.echo = echo
+        self.worker = worker
         self.hub = Hub(clock, Deflater(config.compression.level))
         self.snapshotter = Snapshotter(self.hub, clock)
         self.flusher = Flusher(config.server.flush_pause_max_ms / 1000)
@@ -113,11 +118,14 @@ class Server:
 
     # -- lifetime ---------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[Listening] = trio.TASK_STATUS_IGNORED,
+    async def run(self, listeners: list[trio.SocketListener] | None = None, *,
+                  task_status: trio.TaskStatus[Listening] = trio.TASK_STATUS_IGNORED,
                   ) -> None:
-        """Listen, feed and serve until ``shutdown``; report where it listens."""
-        server = self.config.server
-        listeners = await trio.open_tcp_listeners(server.port, host=server.host)
+        """Listen (on ``server.host`` and ``server.port``, or on ``listeners`` made by the
+        caller), feed and serve until ``shutdown``; report where it listens."""
+        if listeners is None:
+            server = self.config.server
+            listeners = await trio.open_tcp_listeners(server.port, host=server.host)
         sockname = listeners[0].socket.getsockname()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.snapshotter.run)
@@ -266,12 +274,17 @@ class Server:
     def health(self) -> dict[str, object]:
         return {"status": "ok", "feed": self.feed_state, "symbols": len(self.hub.symbols),
                 "connections": len(self.sessions),
-                "uptime_s": round((self.clock() - self._started_ns) / 1e9, 3)}
+                "uptime_s": round((self.clock() - self._started_ns) / 1e9, 3),
+                "worker": self.worker, "workers": self.config.server.workers}
 
     def _metric_families(self) -> Iterator[Metric]:
         m = self.metrics
         stats = self.session_stats
         yield gauge("tickwire_open_connections", "Open WebSocket connections", len(self.sessions))
+        yield gauge("tickwire_worker", "Index of this server process among the workers "
+                    "sharing the port (these metrics are its own)", self.worker)
+        yield gauge("tickwire_workers", "Server processes sharing the port",
+                    self.config.server.workers)
         yield counter("tickwire_connections", "WebSocket and HTTP connections accepted",
                       m.connections_total)
         yield labelled_counter("tickwire_http_responses", "Plain HTTP responses by status",
@@ -305,3 +318,12 @@ class Server:
                                "write": m.write_time})
         if self.recorder is not None:
             yield from record_families(self.recorder.statistics())
+
+
+async def stop_on_signals(server: Server, *signums: signal.Signals) -> None:
+    """Begin the server's graceful shutdown on the first of ``signums`` it receives."""
+    with trio.open_signal_receiver(*signums) as signals:
+        async for signum in signals:
+            log.info("%s: shutting down", signal.Signals(signum).name)
+            server.shutdown()
+            return
