@@ -20,7 +20,8 @@ import trio
 
 from feed.config import Config, ConfigError, load_config, parse_speed, parse_time_setting
 from feed.ingest import ReplaySource, SyntheticSource, UnknownSymbols, run_ingester
-from feed.server import Listening, Server
+from feed.server import Listening, Server, stop_on_signals
+from feed.workers import serve_workers
 from replay.cli import add_commands as add_file_commands
 from replay.cli import run as run_file_command
 from replay.codec import BadHeader
@@ -87,6 +88,9 @@ def _feed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--symbols", metavar="LIST|N",
                         help="replay only these symbols (comma-separated); with "
                              "--synthetic, a number: how many synthetic symbols")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="serve from N processes sharing the port, each with its share "
+                             "of the clients and the same feed (default 1)")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -102,7 +106,7 @@ def _config(args: argparse.Namespace) -> Config:
     flags = {"host": "server.host", "port": "server.port", "speed": "feed.speed",
              "loop": "feed.loop", "synthetic": "feed.synthetic_rate", "start": "feed.start",
              "end": "feed.end", "max_message_bytes": "server.max_message_bytes",
-             "record": "record.dir"}
+             "record": "record.dir", "workers": "server.workers"}
     for flag, setting in flags.items():
         value = getattr(args, flag, None)
         if value is not None:
@@ -170,11 +174,7 @@ async def _serve(config: Config, source: SyntheticSource | ReplaySource | None) 
     async with trio.open_nursery() as nursery:
         listening: Listening = await nursery.start(server.run)
         print(f"listening on {listening.url}", flush=True)
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                log.info("%s: shutting down", signal.Signals(signum).name)
-                server.shutdown()
-                break
+        await stop_on_signals(server, signal.SIGINT, signal.SIGTERM)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         source = _source(config) if args.command in ("serve", "record") else None
         if config.record.dir and source is not None:
             _record_dir(config.record.dir)
+        if source is not None and config.server.workers > 1:
+            return serve_workers(config, source)
         trio.run(_serve, config, source)
     except ConfigError as exc:
         print(f"tickwire: {exc}", file=sys.stderr)
@@ -227,7 +229,8 @@ def _record_url(args: argparse.Namespace) -> int:
 
     feed = [flag for flag, value in (("FILES", args.files), ("--synthetic", args.synthetic),
                                      ("--speed", args.speed), ("--loop", args.loop),
-                                     ("--from", args.start), ("--to", args.end)) if value]
+                                     ("--from", args.start), ("--to", args.end),
+                                     ("--workers", args.workers)) if value]
     try:
         if feed:
             raise ConfigError(f"record --url records another server: {feed[0]} does not apply")

@@ -42,6 +42,11 @@ class ServerConfig:
     flush_pause_max_ms: float = 4.0
     close_timeout_ms: int = 2_000
     shutdown_timeout_ms: int = 2_000
+    workers: int = 1
+
+
+MAX_WORKERS = 64
+"""Most server processes ``server.workers`` allows: more than a host's cores is waste."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +142,8 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "feed.synthetic_symbols": (lambda v: 1 <= v <= 10_000, "from 1 to 10000 symbols"),
     "feed.seed": (lambda v: True, "an integer"),
     "server.host": (lambda v: bool(v), "a host name or address"),
+    "server.workers": (lambda v: 1 <= v <= MAX_WORKERS,
+                       f"a number of processes from 1 to {MAX_WORKERS}"),
     "record.rotate_bytes": (lambda v: v >= 0, "bytes, 0 (no rotation by size) or more"),
     "record.rotate_seconds": (lambda v: v >= 0, "seconds, 0 (no rotation by time) or more"),
     "record.flush_ms": (lambda v: 1 <= v <= 800, "milliseconds from 1 to 800"),

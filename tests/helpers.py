@@ -1,5 +1,5 @@
 """Test helpers: decode the server's prebuilt frames, a naive book model, reading a
-connection to its close, a process's children."""
+connection to its close, a process's children, the process holding a socket."""
 
 from __future__ import annotations
 
@@ -97,3 +97,31 @@ def children(pid: int) -> list[int]:
             found.append(int(entry))
     return found
 
+
+
+def socket_owner(local_port: int, remote_port: int, pids: Iterable[int]) -> int | None:
+    """Which of ``pids`` holds the TCP socket from ``local_port`` to ``remote_port`` on
+    this host (Linux /proc): the server process that accepted a client's connection."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as lines:
+                rows = [line.split() for line in lines][1:]
+        except OSError:
+            continue
+        for row in rows:
+            if (int(row[1].rpartition(":")[2], 16) == local_port
+                    and int(row[2].rpartition(":")[2], 16) == remote_port):
+                inodes.add(f"socket:[{row[9]}]")
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    return pid
+            except OSError:
+                continue
+    return None
