@@ -12,7 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +25,12 @@ import trio.testing
 
 from clients.client import Connection, Endpoint, connect
 from feed.config import Config
-from feed.events import Event
-from feed.ingest import ReplaySource, SyntheticSource, run_ingester
+from feed.events import BookDelta, BookSnapshot, Event, Trade
+from feed.ingest import ReplaySource, Source, SyntheticSource, run_ingester
 from feed.server import Server
 from feed.workers import addresses_of, listen, reserve
 from tests.helpers import children, read_until_closed, socket_owner
-from tests.test_ingest import write_ticks
+from tests.test_ingest import T0, write_ticks
 
 BASE_NS = 1_800_000_000_000_000_000
 
@@ -38,7 +38,7 @@ BASE_NS = 1_800_000_000_000_000_000
 # -- lockstep, in one process on trio's virtual clock ----------------------------------
 
 
-async def fed(source: SyntheticSource | ReplaySource, start_ns: int, until: float,
+async def fed(source: Source, start_ns: int, until: float,
               applied: list[tuple[float, int, Event]], delay: float = 0.0) -> None:
     """Into ``applied``: (trio time, ts_recv, event) of what a server applies when its
     ingester, started after ``delay``, starts its feed at ``start_ns`` (wall clock), up
@@ -74,13 +74,44 @@ async def test_servers_started_at_one_instant_release_one_stream(
     assert all(at == pytest.approx((ts - BASE_NS) / 1e9, abs=1e-6) for at, ts, _ in first)
 
 
-async def test_a_looped_replay_stays_in_lockstep_across_passes(
-        autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
-    path = tmp_path / "a.ticks"
-    write_ticks(path)  # 20 ms of events
+class LoopedRecording:
+    """A replay held in memory (ReplaySource reads its files in a thread, and the
+    virtual clock would jump to the end of the test meanwhile): 20 ms of events."""
 
-    def source() -> ReplaySource:
-        return ReplaySource([path], speed=1.0, loop=True)
+    name = "a recording"
+    origin = "test"
+    speed = 1.0
+    loop = True
+
+    def __init__(self) -> None:
+        self.recording: list[Event] = [BookSnapshot("BTC", (("100", "1"),), (("101", "1"),),
+                                                    T0, T0, seq=1000)]
+        for i in range(20):
+            ts = T0 + (i + 1) * 1_000_000
+            self.recording += [BookDelta("BTC", (("100", str(i + 2)),), (), ts, ts,
+                                         seq=1001 + i),
+                               Trade("BTC", i, "101", "0.5", "buy", ts, ts)]
+
+    def symbols(self) -> list[str]:
+        return ["BTC"]
+
+    async def prepare(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    def events(self, start_ns: int) -> Iterator[tuple[int, Event]]:
+        return ((event.ts_recv, event) for event in self.recording)
+
+    def problems(self) -> list[str]:
+        return []
+
+    def close(self) -> None:
+        return
+
+
+async def test_a_looped_replay_stays_in_lockstep_across_passes(
+        autojump_clock: trio.testing.MockClock) -> None:
+    def source() -> LoopedRecording:
+        return LoopedRecording()
 
     start_ns = BASE_NS + 50_000_000
     first: list[tuple[float, int, Event]] = []
@@ -94,6 +125,21 @@ async def test_a_looped_replay_stays_in_lockstep_across_passes(
     assert stamps == sorted(stamps)
     # Each pass starts where the one before was scheduled to end.
     assert stamps[41] == stamps[40] == start_ns + 20_000_000
+
+
+async def test_a_replay_read_up_to_its_start_is_not_read_again(tmp_path: Path) -> None:
+    """A worker prepares its replay before the common start; the first pass then
+    begins from what it prepared."""
+    path = tmp_path / "a.ticks"
+    write_ticks(path)
+    source = ReplaySource([path], speed=1.0, loop=True)
+    await source.prepare()
+    stream = source._stream
+    await source.prepare()
+    assert source._stream is stream
+    assert len(list(source.events(0))) == 41
+    await source.prepare()  # the next pass: read again
+    assert source._stream is not stream and len(list(source.events(0))) == 41
 
 
 # -- the shared port -------------------------------------------------------------------
