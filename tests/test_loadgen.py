@@ -35,7 +35,9 @@ from clients.loadgen import (
 )
 from clients.loadgen.check import Checker, faults
 from clients.loadgen.compare import compare, comparison_json, format_comparison
+from clients.loadgen.metrics import process_tree_cpu_s
 from clients.loadgen.plot import plot
+from clients.loadgen.report import server_figures
 from tests.helpers import children
 
 
@@ -94,6 +96,56 @@ def test_figures_helpers() -> None:
     assert metric_by_label(series, "tickwire_closes_total") == {"1000": 3, "4001": 1}
     assert percentile(list(range(1, 101)), 99) == 99
     assert percentile([5], 50) == 5
+
+
+def test_server_figures_take_the_cpu_of_every_server_process() -> None:
+    before = parse_metrics("process_cpu_seconds_total 1.0\ntickwire_messages_sent_total 0\n")
+    after = parse_metrics("process_cpu_seconds_total 2.0\ntickwire_messages_sent_total 1e6\n"
+                          "tickwire_workers 2.0\n")
+    assert server_figures(before, after, 2.0).cpu_s == 1.0  # the answering process's
+    figures = server_figures(before, after, 2.0, cpu_s=3.0)  # all of them, from /proc
+    assert (figures.cpu_s, figures.cpu_cores, figures.workers) == (3.0, 1.5, 2)
+    assert server_figures(before, before, 1.0).workers == 1
+
+
+# A process that burns 0.3 s of CPU in itself and as much in a child, then waits for
+# its stdin to close.
+BURN = ("import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+        "print('burnt', flush=True)\n")
+PARENT = ("import subprocess, sys\n"
+          f"child = subprocess.Popen([sys.executable, '-c', {BURN + 'input()'!r}], "
+          "stdin=subprocess.PIPE)\n"
+          f"{BURN}sys.stdin.read()\nchild.stdin.close()\nchild.wait()\n")
+
+
+def own_cpu_s(pid: int) -> float:
+    """User and system CPU of ``pid`` itself (Linux /proc)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def test_process_tree_cpu_counts_every_descendant() -> None:
+    process = await trio.lowlevel.open_process([sys.executable, "-c", PARENT],
+                                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        output = b""
+        with trio.fail_after(30):
+            while output.count(b"burnt") < 2:
+                data = await process.stdout.receive_some(1024)
+                assert data, output
+                output += data
+        own, tree = own_cpu_s(process.pid), process_tree_cpu_s(process.pid)
+        assert tree is not None and tree >= 0.6 and tree >= own + 0.25
+        await process.stdin.aclose()
+        with trio.fail_after(10):
+            assert await process.wait() == 0
+        assert process_tree_cpu_s(process.pid) is None
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
 
 
 def test_hdr_histograms_merge_exactly_and_clip() -> None:

@@ -1,4 +1,5 @@
-"""The server's and the machine's own figures: ``/metrics`` and ``/proc/stat``.
+"""The server's and the machine's own figures: ``/metrics``, ``/proc/stat`` and, for a
+server the run started, its processes' ``/proc/<pid>/stat``.
 
 The Prometheus text is parsed into {series: value}; a run reads it at the start and at
 the end of its window and works with the differences.
@@ -59,6 +60,37 @@ async def fetch_metrics(host: str, port: int) -> dict[str, float]:
     if b" 200 " not in status + b" ":
         raise LoadError(f"/metrics answered {status.decode('latin-1')!r}")
     return parse_metrics(body.decode("utf-8", "replace"))
+
+
+def process_tree_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user and system) used by process ``pid`` and every living
+    descendant, with the children each has reaped (so a child that ends keeps counting):
+    a server's whole CPU however many worker processes it runs. Linux ``/proc``; None
+    elsewhere or once ``pid`` is gone."""
+    parents: dict[int, int] = {}
+    used: dict[int, int] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except OSError:  # gone meanwhile
+            continue
+        parents[int(entry)] = int(fields[1])
+        used[int(entry)] = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    if pid not in used:
+        return None
+    tree, ticks = [pid], 0
+    while tree:
+        current = tree.pop()
+        ticks += used[current]
+        tree.extend(child for child, parent in parents.items() if parent == current)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def machine_busy_s() -> tuple[float, float] | None:

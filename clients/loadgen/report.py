@@ -12,7 +12,7 @@ import os
 import statistics
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import orjson
 
@@ -64,9 +64,13 @@ class LatencyFigures:
 
 @dataclass(frozen=True)
 class ServerFigures:
-    """The server's own figures over the window, from two reads of /metrics."""
+    """The server's own figures over the window, from two reads of /metrics. A server
+    with several worker processes (``tickwire serve --workers N``) answers each read
+    from one of them: then every figure but the CPU of a spawned server is one worker's."""
 
     cpu_s: float
+    """The CPU of every process of a server the run started (/proc); otherwise that of
+    the process that answered /metrics."""
     cpu_cores: float
     """CPU seconds per second of the window: 1.0 is one core fully busy."""
     messages_sent: int
@@ -85,6 +89,8 @@ class ServerFigures:
     messages_per_write: float | None
     """Messages sent per socket write: the server's batching."""
     open_connections: int
+    workers: int
+    """Server processes sharing the port (``tickwire_workers``; 1 when not given)."""
 
 
 @dataclass(frozen=True)
@@ -164,12 +170,13 @@ def report_json(report: Report) -> bytes:
 
 
 def server_figures(before: dict[str, float], after: dict[str, float],
-                   elapsed: float) -> ServerFigures:
-    """The server's figures over ``elapsed`` seconds between two reads of /metrics."""
+                   elapsed: float, cpu_s: float | None = None) -> ServerFigures:
+    """The server's figures over ``elapsed`` seconds between two reads of /metrics;
+    ``cpu_s``: its CPU measured otherwise (all its processes), instead of /metrics'."""
     def delta(name: str) -> float:
         return metric_total(after, name) - metric_total(before, name)
 
-    cpu = delta("process_cpu_seconds_total")
+    cpu = delta("process_cpu_seconds_total") if cpu_s is None else cpu_s
     sent = int(delta("tickwire_messages_sent_total"))
     closes_before = metric_by_label(before, "tickwire_closes_total")
     closes = {code: int(value - closes_before.get(code, 0))
@@ -194,7 +201,8 @@ def server_figures(before: dict[str, float], after: dict[str, float],
         dropped_messages=int(delta("tickwire_dropped_messages_total")),
         closes={k: v for k, v in closes.items() if v}, stage_mean_us=stages, writes=writes,
         messages_per_write=round(sent / writes, 2) if writes else None,
-        open_connections=int(metric_total(after, "tickwire_open_connections")))
+        open_connections=int(metric_total(after, "tickwire_open_connections")),
+        workers=int(metric_total(after, "tickwire_workers")) or 1)
 
 
 def _round(value: float | None) -> float | None:
@@ -274,6 +282,14 @@ def build_report(config: LoadConfig, url: str, symbols: tuple[str, ...], window:
         warnings.append(f"LATENCY GREW during the window (median {latency.p50_first_ms:.1f} "
                         f"ms in its first fifth, {latency.p50_last_ms:.1f} ms in its last): "
                         "the server is falling behind its feed")
+    if server is not None and server.workers > 1:
+        # /metrics counted one worker's messages: per message against all the workers'
+        # (what the subscribers received), when the CPU is all the workers' too.
+        server = replace(server, cpu_us_per_message=round(server.cpu_s / messages * 1e6, 3)
+                         if spawned is not None and messages else None)
+        warnings.append(f"the server runs {server.workers} worker processes and /metrics "
+                        "answered for one of them: its figures other than "
+                        + ("CPU " if spawned is not None else "") + "are that worker's")
     if server is not None:
         if server.lag_events or server.dropped_messages:
             warnings.append(f"server lag policy applied: {server.lag_events} lag events, "

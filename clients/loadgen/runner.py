@@ -25,7 +25,7 @@ from clients.client import Endpoint
 from clients.loadgen.config import LoadConfig
 from clients.loadgen.errors import LoadError
 from clients.loadgen.messages import Finish, Ready, Window, WorkerPlan, WorkerResult, trio_deadline
-from clients.loadgen.metrics import fetch_metrics, machine_busy_s
+from clients.loadgen.metrics import fetch_metrics, machine_busy_s, process_tree_cpu_s
 from clients.loadgen.pool import receive_all, start_workers, stop_workers
 from clients.loadgen.report import Report, build_report, server_figures
 from clients.loadgen.spawn import (
@@ -86,9 +86,11 @@ async def measure(config: LoadConfig, url: str, spawned: SpawnedServer | None = 
         await trio.sleep_until(trio_deadline(window.start))
         before = await _try_metrics(endpoint, warnings)
         t0, busy0, own0 = time.time(), machine_busy_s(), time.process_time()
+        tree0 = process_tree_cpu_s(spawned.pid) if spawned else None
         await trio.sleep_until(trio_deadline(window.end))
         after = await _try_metrics(endpoint, warnings)
         t1, busy1, own1 = time.time(), machine_busy_s(), time.process_time()
+        tree1 = process_tree_cpu_s(spawned.pid) if spawned else None
         for handle in handles:
             with suppress(OSError):
                 handle.pipe.send(Finish())
@@ -100,7 +102,9 @@ async def measure(config: LoadConfig, url: str, spawned: SpawnedServer | None = 
         # error, Ctrl-C) they are still connected and measuring: end them now.
         await stop_workers(handles, SERVER_STOP_GRACE_S if completed else 0.0)
     elapsed = t1 - t0
-    server = (server_figures(before, after, elapsed)
+    # The CPU of a server the run started is that of all its processes (--workers).
+    tree_cpu = tree1 - tree0 if tree0 is not None and tree1 is not None else None
+    server = (server_figures(before, after, elapsed, tree_cpu)
               if before is not None and after is not None else None)
     busy = irq = None
     if busy0 is not None and busy1 is not None:
