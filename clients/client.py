@@ -276,8 +276,10 @@ class Connection:
 
     # -- internals ---------------------------------------------------------------------
 
-    async def _handshake(self, endpoint: Endpoint, extensions: Sequence[Extension]) -> None:
-        request = Request(host=endpoint.host_header, target=endpoint.target, extensions=extensions)
+    async def _handshake(self, endpoint: Endpoint, extensions: Sequence[Extension],
+                         headers: Sequence[tuple[str, str]] = ()) -> None:
+        request = Request(host=endpoint.host_header, target=endpoint.target, extensions=extensions,
+                          extra_headers=[(k.encode(), v.encode()) for k, v in headers])
         await self._send_bytes(self._ws.send(request))
         status: int | None = None
         body: list[bytes] = []
@@ -411,12 +413,15 @@ async def connect(
     open_stream: StreamOpener | None = None,
     ssl_context: ssl.SSLContext | None = None,
     max_message_size: int = MAX_MESSAGE_SIZE,
+    headers: Sequence[tuple[str, str]] = (),
 ) -> AsyncIterator[Connection]:
     """Connect to a tickwire server and perform the WebSocket handshake.
 
     ``compress`` offers permessage-deflate (``Connection.compressed`` says whether the
-    server accepted). ``open_stream`` replaces the TCP/TLS connection (tests use memory
-    streams). On leaving the block the connection is closed with 1000, waiting at most
+    server accepted). ``headers`` go into the handshake request (an API key as
+    ``("Authorization", "Bearer KEY")``, or put ``?token=KEY`` in the URL).
+    ``open_stream`` replaces the TCP/TLS connection (tests use memory streams). On
+    leaving the block the connection is closed with 1000, waiting at most
     ``CLOSE_TIMEOUT`` seconds for the server's close frame, even when cancelled.
 
     Raises ``ValueError`` for a bad URL, ``OSError`` if the TCP connection fails,
@@ -430,7 +435,7 @@ async def connect(
         stream = await open_stream(endpoint)
     conn = Connection(stream, max_message_size=max_message_size)
     try:
-        await conn._handshake(endpoint, [PerMessageDeflate()] if compress else [])
+        await conn._handshake(endpoint, [PerMessageDeflate()] if compress else [], headers)
         yield conn
     finally:
         with trio.move_on_after(CLOSE_TIMEOUT, shield=True):

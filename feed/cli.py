@@ -1,4 +1,4 @@
-"""The ``tickwire`` command line: serve, record, convert, inspect, echo, subscribe.
+"""The ``tickwire`` command line: serve, record, convert, inspect, echo, subscribe, keys.
 
 ``tickwire serve`` with no source serves the embedded default: a bundled excerpt of a
 real Binance capture, replayed in a loop at real time. ``record`` serves and records
@@ -16,10 +16,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import orjson
 import trio
 
+from feed.access import AccessError, key_hash, load_keys, new_key
 from feed.config import Config, ConfigError, load_config, parse_speed, parse_time_setting
 from feed.ingest import ReplaySource, SyntheticSource, UnknownSymbols, run_ingester
+from feed.protocol import CHANNELS
 from feed.server import Listening, Server, stop_on_signals
 from feed.workers import serve_workers
 from replay.cli import add_commands as add_file_commands
@@ -58,6 +61,22 @@ def _parser() -> argparse.ArgumentParser:
                       help="largest message accepted (default from config)")
 
     add_file_commands(commands)
+
+    keys = commands.add_parser(
+        "keys", help="make API key entries for access.keys_file",
+        description="`keys new NAME` makes a random key and prints it once, with the "
+                    "[[key]] entry (its SHA-256, never the key) to append to the keys "
+                    "file; `keys hash` prints the SHA-256 of a key read from stdin.")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    new = keys_commands.add_parser("new", help="a new key and its entry")
+    new.add_argument("name", help="who the key is for (shown in logs)")
+    new.add_argument("--symbols", default="*", metavar="A,B",
+                     help="symbols the key may have (default *: all)")
+    new.add_argument("--channels", default="*", metavar="book,trades,bbo",
+                     help="channels the key may have (default *: all)")
+    new.add_argument("--max-connections", type=int, default=0, metavar="N",
+                     help="connections at once (default 0: no limit of its own)")
+    keys_commands.add_parser("hash", help="the SHA-256 of a key read from stdin")
 
     commands.add_parser("bench", help="latency and fan-out measurement run (options: "
                                       "tickwire bench --help)")
@@ -123,7 +142,13 @@ def _config(args: argparse.Namespace) -> Config:
     files = getattr(args, "files", None)
     if files:
         overrides["feed.files"] = [str(f) for f in files]
-    return config.with_overrides(overrides)
+    config = config.with_overrides(overrides)
+    if config.access.keys_file:
+        try:
+            load_keys(Path(config.access.keys_file))  # refused now, not per worker later
+        except AccessError as exc:
+            raise ConfigError(f"access.keys_file: {exc}") from None
+    return config
 
 
 def _source(config: Config) -> SyntheticSource | ReplaySource:
@@ -199,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "record" and args.url:
         return _record_url(args)
+    if args.command == "keys":
+        return _keys(args)
     try:
         config = _config(args)
         source = _source(config) if args.command in ("serve", "record") else None
@@ -214,6 +241,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tickwire: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    """``tickwire keys new NAME`` / ``tickwire keys hash``."""
+    if args.keys_command == "hash":
+        key = sys.stdin.readline().strip()
+        if not key:
+            print("tickwire: no key on stdin", file=sys.stderr)
+            return 2
+        print(key_hash(key))
+        return 0
+    symbols = [s for s in args.symbols.split(",") if s]
+    channels = [c for c in args.channels.split(",") if c]
+    bad = [c for c in channels if c != "*" and c not in CHANNELS]
+    if bad or not symbols or not channels or args.max_connections < 0:
+        print("tickwire: keys new: --channels takes book, trades, bbo or *; --symbols a "
+              "list or *; --max-connections 0 or more", file=sys.stderr)
+        return 2
+    key = new_key()
+    print(f"# API key for {args.name}: give it to them; it is stored nowhere else:\n"
+          f"#   {key}\n[[key]]\nname = {_toml_string(args.name)}\n"
+          f"sha256 = \"{key_hash(key)}\"\n"
+          f"symbols = [{', '.join(_toml_string(s) for s in symbols)}]\n"
+          f"channels = [{', '.join(_toml_string(c) for c in channels)}]\n"
+          f"max_connections = {args.max_connections}")
+    return 0
+
+
+def _toml_string(text: str) -> str:
+    return orjson.dumps(text).decode()  # a JSON string is a TOML basic string
 
 
 def _record_dir(path: str) -> None:

@@ -79,6 +79,14 @@ class FeedConfig:
     seed: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class AccessConfig:
+    anonymous: bool = True
+    keys_file: str = ""
+    origins: tuple[str, ...] = ()
+    max_connections_per_address: int = 0
+
+
 RECORD_EXTENSIONS = (".ticks.zst", ".ticks.gz", ".ticks")
 
 
@@ -99,6 +107,7 @@ class Config:
     client: ClientConfig = field(default_factory=ClientConfig)
     feed: FeedConfig = field(default_factory=FeedConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
+    access: AccessConfig = field(default_factory=AccessConfig)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
         """A copy with ``{"section.key": value}`` overrides applied and checked."""
@@ -147,6 +156,10 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "record.rotate_bytes": (lambda v: v >= 0, "bytes, 0 (no rotation by size) or more"),
     "record.rotate_seconds": (lambda v: v >= 0, "seconds, 0 (no rotation by time) or more"),
     "record.flush_ms": (lambda v: 1 <= v <= 800, "milliseconds from 1 to 800"),
+    "access.max_connections_per_address": (lambda v: v >= 0,
+                                           "connections, 0 (no limit of its own) or more"),
+    "access.origins": (lambda v: all(_is_origin(o) for o in v),
+                       'origins such as "https://app.example.com" (scheme://host[:port])'),
     "record.extension": (lambda v: v in RECORD_EXTENSIONS,
                          f"one of {', '.join(RECORD_EXTENSIONS)}"),
 }
@@ -154,7 +167,13 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 _SECTIONS: dict[str, type[Any]] = {
     "server": ServerConfig, "compression": CompressionConfig,
     "client": ClientConfig, "feed": FeedConfig, "record": RecordConfig,
+    "access": AccessConfig,
 }
+
+
+def _is_origin(text: str) -> bool:
+    scheme, sep, rest = text.partition("://")
+    return bool(sep) and scheme in ("http", "https") and bool(rest) and "/" not in rest
 
 
 def _check_value(name: str, default: Any, value: Any) -> Any:
@@ -175,7 +194,7 @@ def _check_value(name: str, default: Any, value: Any) -> Any:
     elif isinstance(default, tuple):
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{name}: expected a list of strings, got {value!r}")
-        return tuple(value)
+        value = tuple(value)
     check = _CHECKS.get(name)
     if check is not None:
         if not check[0](value):
@@ -210,15 +229,20 @@ def _build(data: Mapping[str, Any], base: Config) -> Config:
     return dataclasses.replace(base, **built)
 
 
+def read_toml(path: Path, what: str, error: type[ValueError]) -> dict[str, Any]:
+    """A TOML file's tables; ``error`` (naming ``what`` the file is) when it cannot be
+    read or is not TOML."""
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{path}: not valid TOML: {exc}") from None
+
+
 def load_config(path: Path | None) -> Config:
     """Load and check a TOML config file (``None``: the built-in defaults)."""
     if path is None:
         return Config()
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return _build(data, base=Config())
+    return _build(read_toml(path, "config", ConfigError), base=Config())

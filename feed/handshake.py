@@ -82,7 +82,7 @@ async def read_request(stream: trio.abc.ReceiveStream, max_bytes: int) -> HttpRe
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
-            405: "Method Not Allowed", 426: "Upgrade Required",
+            405: "Method Not Allowed", 426: "Upgrade Required", 429: "Too Many Requests",
             503: "Service Unavailable"}
 
 

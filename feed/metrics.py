@@ -65,6 +65,7 @@ class Metrics:
     frames_sent: int = 0
     bytes_sent: int = 0
     closes: dict[int, int] = field(default_factory=dict)
+    refused: dict[str, int] = field(default_factory=dict)
     bad_lines: int = 0
     feed_behind_s: float = 0.0
     apply_time: LatencyHistogram = field(default_factory=LatencyHistogram)

@@ -12,6 +12,7 @@ Exceptions::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -259,9 +260,13 @@ def heartbeat_message(ts: int, seqs: dict[str, int]) -> Message:
     return {"type": "heartbeat", "ts": ts, "seqs": seqs}
 
 
-def symbols_message(request_id: RequestId, symbols: list[str]) -> Message:
-    return {"type": "symbols", "id": request_id,
-            "symbols": [{"symbol": s, "channels": list(CHANNELS)} for s in symbols]}
+def symbols_message(request_id: RequestId, symbols: list[str],
+                    channels_for: Callable[[str], list[str]] | None = None) -> Message:
+    """The ``symbols`` reply; ``channels_for(symbol)`` narrows the channels offered (a
+    key's grant), and a symbol with none is left out."""
+    listed = [{"symbol": s, "channels": list(CHANNELS) if channels_for is None
+               else channels_for(s)} for s in symbols]
+    return {"type": "symbols", "id": request_id, "symbols": [x for x in listed if x["channels"]]}
 
 
 def book_snapshot_message(

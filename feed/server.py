@@ -9,7 +9,11 @@ With ``server.workers`` > 1 (feed/workers.py) each worker process runs one ``Ser
 on listening sockets made for it (``run(listeners)``); ``worker`` is its index.
 
 Routes on the one port: ``/v1/stream`` (WebSocket; a plain GET gets 426), ``/healthz``,
-``/metrics``, anything else 404. In echo mode every path is a WebSocket echo endpoint
+``/metrics``, anything else 404. Before a WebSocket is accepted: an ``Origin`` outside
+``access.origins`` gets 403, a full server 503, a source address at its own limit 429;
+after it, a client without a valid API key (feed/access.py) gets ``error``
+``unauthorized`` and close 1008, one whose key is at its connection limit
+``too_many_connections`` and 1008. In echo mode every path is a WebSocket echo endpoint
 (for the conformance suite).
 """
 
@@ -20,6 +24,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import orjson
 import trio
@@ -30,6 +35,7 @@ from wsproto.extensions import Extension
 from wsproto.utilities import RemoteProtocolError
 
 from feed import protocol
+from feed.access import ANONYMOUS, Grant, KeyRing, load_keys, origin_allowed, presented_key
 from feed.config import Config
 from feed.echo import EchoSession
 from feed.handshake import (
@@ -94,6 +100,11 @@ class Server:
                          if config.record.dir and not echo else None)
         self.session_stats = SessionStats()
         self.sessions: set[Peer] = set()
+        access = config.access
+        self.keys = load_keys(Path(access.keys_file)) if access.keys_file else KeyRing()
+        """The API keys (``AccessError`` from the constructor when the file is bad)."""
+        self._per_address: dict[str, int] = {}
+        self._per_key: dict[str, int] = {}
         self.feed_state = "starting"
         self._feed = feed
         self._started_ns = clock()
@@ -226,9 +237,42 @@ class Server:
         await stream.send_all(http_response(status, body, content_type, extra))
 
     async def _websocket(self, stream: trio.SocketStream, request: HttpRequest) -> None:
+        access = self.config.access
+        if not self.echo and not origin_allowed(request.headers.get("origin"), access.origins):
+            await self._reply(stream, 403, b"this Origin may not connect\n")
+            return
         if len(self.sessions) >= self.config.server.max_connections:
             await self._reply(stream, 503, b"too many connections\n")
             return
+        address = _peer_address(stream)
+        held = self._per_address.get(address, 0)
+        if access.max_connections_per_address and held >= access.max_connections_per_address:
+            await self._reply(stream, 429, b"too many connections from this address\n")
+            return
+        self._per_address[address] = held + 1
+        try:
+            await self._upgrade(stream, request)
+        finally:
+            _release(self._per_address, address)
+
+    def _admit(self, request: HttpRequest) -> tuple[Grant | None, str, str]:
+        """The grant of a stream handshake, or ``None`` with the ``error`` code and
+        sentence that turn it away."""
+        key = presented_key(request.headers, request.target)
+        if key is None:
+            if self.config.access.anonymous:
+                return ANONYMOUS, "", ""
+            return None, "unauthorized", "this server needs an API key: send it as " \
+                "\"Authorization: Bearer KEY\" or the query parameter token=KEY"
+        grant = self.keys.grant_for(key)
+        if grant is None:
+            return None, "unauthorized", "unknown API key"
+        if grant.max_connections and self._per_key.get(grant.name, 0) >= grant.max_connections:
+            return None, "too_many_connections", \
+                f"this key may have at most {grant.max_connections} connections at once"
+        return grant, "", ""
+
+    async def _upgrade(self, stream: trio.SocketStream, request: HttpRequest) -> None:
         ws = WSConnection(ConnectionType.SERVER)
         try:
             ws.receive_data(request.raw)
@@ -253,11 +297,19 @@ class Server:
         assert ws.connection is not None
         wbits = deflate.server_max_window_bits if deflate.enabled() else 0
         session: Peer
+        grant: Grant | None = None
         if self.echo:
             session = EchoSession(wbits, self.hub.deflater)
         else:
-            session = Session(self.hub, self.session_limits, wbits=wbits, now_ns=self.clock(),
-                              stats=self.session_stats)
+            now = self.clock()
+            grant, code, why = self._admit(request)
+            session = Session(self.hub, self.session_limits, wbits=wbits, now_ns=now,
+                              stats=self.session_stats, grant=grant or ANONYMOUS)
+            if grant is None:
+                self.metrics.refused[code] = self.metrics.refused.get(code, 0) + 1
+                session.refuse(code, why, now)
+            else:
+                self._per_key[grant.name] = self._per_key.get(grant.name, 0) + 1
         self.sessions.add(session)
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         try:
@@ -266,6 +318,8 @@ class Server:
                                       self.flusher).run()
         finally:
             self.sessions.discard(session)
+            if grant is not None:
+                _release(self._per_key, grant.name)
             if not self.sessions:
                 self._idle.set()
 
@@ -287,6 +341,9 @@ class Server:
                     self.config.server.workers)
         yield counter("tickwire_connections", "WebSocket and HTTP connections accepted",
                       m.connections_total)
+        yield labelled_counter("tickwire_refused_connections", "WebSocket handshakes turned "
+                               "away after the upgrade, by error code", "code",
+                               self.metrics.refused)
         yield labelled_counter("tickwire_http_responses", "Plain HTTP responses by status",
                                "status", m.http_requests)
         yield counter("tickwire_messages_sent", "Frames written to clients", m.frames_sent)
@@ -327,3 +384,22 @@ async def stop_on_signals(server: Server, *signums: signal.Signals) -> None:
             log.info("%s: shutting down", signal.Signals(signum).name)
             server.shutdown()
             return
+
+
+def _peer_address(stream: trio.SocketStream) -> str:
+    """The client's address (without port), for per-address limits."""
+    try:
+        peer = stream.socket.getpeername()
+    except OSError:
+        return "?"
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+
+def _release(counts: dict[str, int], name: str) -> None:
+    """One fewer for ``name``; the entry goes at zero, so the dict stays bounded by
+    what is connected."""
+    left = counts.get(name, 0) - 1
+    if left > 0:
+        counts[name] = left
+    else:
+        counts.pop(name, None)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from feed import protocol
+from feed.access import ANONYMOUS, Grant
 from feed.fanout import Entry
 from feed.groups import BboGroup, BookGroup, Group, TradeGroup
 from feed.hub import Hub
@@ -68,6 +69,8 @@ class Session:
     """The protocol state of one WebSocket client.
 
     ``wbits`` is the negotiated permessage-deflate server window (0: uncompressed).
+    ``grant`` is what the client's API key may use (``feed.access``): a request for
+    anything else gets ``forbidden``, and a second such request closes with 4003.
     ``stats`` may be shared between sessions. ``on_ready`` is called when the outbox
     goes from empty to non-empty, so that the connection's sender wakes up.
     """
@@ -75,8 +78,10 @@ class Session:
     def __init__(
         self, hub: Hub, limits: SessionLimits, *, wbits: int, now_ns: int,
         stats: SessionStats | None = None, on_ready: Callable[[], None] = lambda: None,
+        grant: Grant = ANONYMOUS,
     ) -> None:
         self.hub = hub
+        self.grant = grant
         self.limits = limits
         self.wbits = wbits
         self.on_ready = on_ready
@@ -90,6 +95,12 @@ class Session:
         self._tokens = float(limits.request_burst)
         self._refilled_ns = now_ns
         self._refused = 0
+        self._forbidden = 0
+
+    def refuse(self, code: str, message: str, now_ns: int) -> None:
+        """Turn the client away at the handshake: an ``error`` then close 1008."""
+        self.send(protocol.error_message(code, message), now_ns)
+        self.close(CLOSE_POLICY, message)
 
     # -- inbound ----------------------------------------------------------------------
 
@@ -106,6 +117,10 @@ class Session:
         except RequestError as exc:
             self.stats.bad_requests += 1
             self.send(protocol.error_message(exc.code, exc.message, exc.request_id), now_ns)
+            if exc.code == "forbidden":
+                self._forbidden += 1
+                if self._forbidden > 1:
+                    self.close(CLOSE_FORBIDDEN, "asked again for what its key may not have")
 
     def _admit(self, now_ns: int) -> bool:
         """Token bucket on the request rate: a burst over it is refused with
@@ -130,6 +145,7 @@ class Session:
 
     def _dispatch(self, request: protocol.Request, now_ns: int) -> None:
         if isinstance(request, protocol.Subscribe):
+            self._check_grant(request)
             joins = self.hub.subscribe(self, request, self.subs, self.limits.max_subscriptions)
             self.send(protocol.subscribed_message(request), now_ns)
             for key, group in joins:
@@ -161,9 +177,23 @@ class Session:
                            key, now_ns)
             # else: the snapshot follows by itself when the book comes back
         elif isinstance(request, protocol.ListSymbols):
-            self.send(protocol.symbols_message(request.id, self.hub.symbol_list()), now_ns)
+            self.send(protocol.symbols_message(request.id, self.hub.symbol_list(),
+                                               self.grant.channels_for), now_ns)
         else:
             self.send(protocol.pong_message(request.id, now_ns), now_ns)
+
+    def _check_grant(self, request: protocol.Subscribe) -> None:
+        """Raise ``forbidden`` when the key may not have the channel for one of the
+        symbols the server carries (an unknown symbol is the hub's ``unknown_symbol``)."""
+        grant = self.grant
+        carried = self.hub.symbols
+        refused = [s for s in request.symbols
+                   if s in carried and not grant.allows(request.channel, s)]
+        if refused:
+            raise RequestError(
+                "forbidden", f"this key may not have {request.channel} for "
+                f"{protocol.quote(refused[0])}; send {{\"op\": \"list\"}} for what it may "
+                "have", request.id)
 
     # -- outbound ---------------------------------------------------------------------
 
