@@ -168,7 +168,8 @@ class Floor:
     async def feed(self) -> None:
         """Release one frame per event on schedule; write everything pending whenever
         the schedule lets the feed wait."""
-        schedule = Schedule(self.options.rate, trio.current_time(), time.time_ns())
+        wall_ns = time.time_ns()  # first: a stamp may then be early by the gap, never late
+        schedule = Schedule(self.options.rate, trio.current_time(), wall_ns)
         while True:
             pause = schedule.pause(trio.current_time())
             if pause is not None:

@@ -85,7 +85,9 @@ class Schedule:
     """When each event of a ``rate`` events/s feed is due, and its ``ts_recv`` stamp.
 
     ``now`` is the server's monotonic clock in seconds (asyncio's ``loop.time()``,
-    ``trio.current_time()``); ``wall_ns`` is ``time.time_ns()`` at the same instant.
+    ``trio.current_time()``); ``wall_ns`` is ``time.time_ns()`` at the same instant, read
+    just before ``now`` so that no ``ts_recv`` stamp is later than the wall clock at its
+    release (a client checks ``ts_recv <= ts_send``).
     """
 
     __slots__ = ("_in_a_row", "_period", "_start", "_start_ns", "next")

@@ -220,7 +220,8 @@ class Feed:
         mark, wait for Node instead of sleeping (checked at least every ``YIELD_EVERY``
         events). Returns when the pipe breaks (Node is gone: ``Control`` sees it too)."""
         loop = asyncio.get_running_loop()
-        schedule = Schedule(self.rate, loop.time(), time.time_ns())
+        wall_ns = time.time_ns()  # first: a stamp may then be early by the gap, never late
+        schedule = Schedule(self.rate, loop.time(), wall_ns)
         while True:
             pause = schedule.pause(loop.time())
             if pause is None:

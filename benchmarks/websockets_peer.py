@@ -135,7 +135,8 @@ class Feed:
     async def run(self) -> None:
         """Release events on schedule, forever."""
         loop = asyncio.get_running_loop()
-        schedule = Schedule(self.rate, loop.time(), time.time_ns())
+        wall_ns = time.time_ns()  # first: a stamp may then be early by the gap, never late
+        schedule = Schedule(self.rate, loop.time(), wall_ns)
         while True:
             pause = schedule.pause(loop.time())
             if pause is None:
