@@ -335,6 +335,8 @@ class Server:
         m = self.metrics
         stats = self.session_stats
         yield gauge("tickwire_open_connections", "Open WebSocket connections", len(self.sessions))
+        yield gauge("tickwire_tasks", "trio tasks alive in this process (a leak grows it)",
+                    _tasks_alive())
         yield gauge("tickwire_worker", "Index of this server process among the workers "
                     "sharing the port (these metrics are its own)", self.worker)
         yield gauge("tickwire_workers", "Server processes sharing the port",
@@ -384,6 +386,19 @@ async def stop_on_signals(server: Server, *signums: signal.Signals) -> None:
             log.info("%s: shutting down", signal.Signals(signum).name)
             server.shutdown()
             return
+
+
+def _tasks_alive() -> int:
+    """Every task of this trio run: the root's and all their nurseries' children."""
+    count = 0
+    root = trio.lowlevel.current_root_task()
+    stack = [root] if root is not None else []
+    while stack:
+        task = stack.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return count
 
 
 def _peer_address(stream: trio.SocketStream) -> str:

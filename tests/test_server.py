@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
 import trio
+import trio.testing
 
 from clients.book import ClientBook
 from clients.client import Connection, connect
 from clients.errors import ConnectionClosed
+from clients.loadgen.metrics import parse_metrics
 from clients.messages import BookSnapshot as SnapshotMessage
 from clients.messages import BookUpdate as UpdateMessage
 from clients.messages import parse_message
@@ -231,7 +235,7 @@ async def test_http_routes(server: Server) -> None:
                  b"tickwire_bytes_sent_total", b"tickwire_dropped_messages_total",
                  b"tickwire_lag_events_total", b"tickwire_stage_latency_seconds_bucket",
                  b"tickwire_feed_behind_seconds", b"stage=\"due_to_write\"",
-                 b"process_cpu_seconds_total"):
+                 b"process_cpu_seconds_total", b"tickwire_tasks "):
         assert name in body
     assert (await http_get(url, "/v1/stream"))[0] == 426
     assert (await http_get(url, "/nothing"))[0] == 404
@@ -382,3 +386,38 @@ async def test_an_internal_error_closes_1011_and_spares_the_others(
         assert code == 1011
         server.hub.apply(Trade("BTC", 9, "100", "1", "buy", 1, 1), server.clock())
         assert (await bystander.receive())["trade_id"] == 9
+
+
+async def test_hundreds_of_clients_vanishing_at_once_leave_no_task_behind(
+        server: Server) -> None:
+    """Clients that drop their TCP connections mid-stream (no closing handshake) are
+    cleaned up: the tasks and connections go back to what they were, and a bystander
+    goes on receiving."""
+    url = server.url  # type: ignore[attr-defined]
+
+    def tasks() -> float:
+        return parse_metrics(server.render_metrics().decode())["tickwire_tasks"]
+
+    async with connect(url) as bystander:
+        await bystander.subscribe("trades", ["BTC"])
+        await bystander.receive()
+        before = tasks()
+        streams = []
+        for _ in range(200):
+            stream = await trio.open_tcp_stream("127.0.0.1", int(url.rsplit(":", 1)[1]
+                                                                 .split("/")[0]))
+            await stream.send_all(UPGRADE % (b"/v1/stream", b"13"))
+            streams.append(stream)
+        with trio.fail_after(10):
+            while len(server.sessions) < 201:
+                await trio.testing.wait_all_tasks_blocked()
+        for stream in streams:  # vanish, all at once, without a close frame
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                     struct.pack("ii", 1, 0))  # RST, not FIN
+            await stream.aclose()
+        with trio.fail_after(10):
+            while len(server.sessions) > 1:
+                await trio.testing.wait_all_tasks_blocked()
+        assert tasks() == before
+        server.hub.apply(Trade("BTC", 5, "100", "1", "buy", 1, 1), server.clock())
+        assert (await bystander.receive())["trade_id"] == 5
