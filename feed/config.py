@@ -77,6 +77,7 @@ class FeedConfig:
     synthetic_rate: int = 0
     synthetic_symbols: int = 10
     seed: int = 0
+    stale_after_ms: int = 5_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +151,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "feed.synthetic_rate": (lambda v: v >= 0, "events per second, 0 or more"),
     "feed.synthetic_symbols": (lambda v: 1 <= v <= 10_000, "from 1 to 10000 symbols"),
     "feed.seed": (lambda v: True, "an integer"),
+    "feed.stale_after_ms": (lambda v: v >= 0, "milliseconds, 0 (never stale) or more"),
     "server.host": (lambda v: bool(v), "a host name or address"),
     "server.workers": (lambda v: 1 <= v <= MAX_WORKERS,
                        f"a number of processes from 1 to {MAX_WORKERS}"),

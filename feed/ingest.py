@@ -13,6 +13,14 @@ source and that instant, so processes fed the same source release the same event
 the same ``ts_recv`` in lockstep; a looped replay's next pass then starts where the last
 one's schedule ended. With ``speed`` None (``--speed max``) each runs at its own pace.
 
+A source that raises (files gone or unreadable, damage its reader cannot skip, a bug)
+does not stop the server: the ingester logs it, ``/healthz`` answers ``failed``
+(feed/health.py), and every book loses its continuity as at a source ``Gap`` (its
+subscribers get a ``gap`` notice and, when the source is back, a snapshot). A looping
+source is tried again after ``RETRY_FIRST_S``, the wait doubling up to ``RETRY_MAX_S``
+while it keeps failing; a one-shot one stays failed. Clients keep their connections
+and heartbeats throughout.
+
 The snapshotter publishes conflated groups (``interval_ms`` > 0) when they are due.
 """
 
@@ -22,12 +30,13 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from feed.events import Event
+from feed.events import Event, Gap
 from feed.hub import Hub
 from feed.synthetic import SyntheticMarket
 from replay.convert import describe
@@ -41,6 +50,11 @@ log = logging.getLogger("tickwire.feed")
 Clock = Callable[[], int]
 
 CHECKPOINT_EVERY = 256  # events applied between two yields to the scheduler when behind
+RETRY_FIRST_S = 1.0
+"""Wait before trying a looping source again after it failed; doubled at each failure
+in a row."""
+RETRY_MAX_S = 30.0
+"""Longest wait between two tries of a failing source."""
 
 
 class Source(Protocol):
@@ -200,43 +214,74 @@ class ReplaySource:
 async def run_ingester(server: Server, source: Source, start_ns: int | None = None) -> None:
     """Feed ``source`` into the server's hub until it ends (or forever, looping). With
     ``start_ns`` (wall clock) the first pass starts at that instant and each later one
-    where the one before it was scheduled to end (lockstep with other processes); by
-    default each pass starts when it is ready."""
-    hub = server.hub
-    for symbol in source.symbols():
-        hub.add_symbol(symbol)
-    server.feed_state = "running"
+    where the one before it was scheduled to end (lockstep with other processes; after
+    a failure, that end plus the wait, so processes whose source fails at the same
+    event stay in step); by default each pass starts when it is ready. A failure of the
+    source is handled here (see the module docstring); only cancellation ends this
+    early."""
+    health = server.feed_health
+    health.begin(trio.current_time())
     log.info("feed: %s", source.name)
     if server.recorder is not None:
         server.recorder.source = source.origin
+    wait = RETRY_FIRST_S
     try:
         while True:
-            applied, end_ns = await _one_pass(server, source, start_ns)
+            result = await _one_pass(server, source, start_ns)
             if start_ns is not None:
-                start_ns = end_ns
+                start_ns = result.end_ns
+            if result.error is not None:
+                _failed(server, source, result.error)
+                if not source.loop:
+                    return  # stays failed: replaying a one-shot source again would repeat it
+                await trio.sleep(wait)
+                if start_ns is not None:
+                    start_ns += int(wait * 1e9)
+                wait = min(wait * 2, RETRY_MAX_S)
+                log.info("feed: trying %s again", source.name)
+                health.begin(trio.current_time())
+                continue
+            wait = RETRY_FIRST_S
             await trio.lowlevel.checkpoint()  # a short looped file must not starve the rest
             if not source.loop:
                 break
-            if not applied:
+            if not result.applied:
                 log.warning("feed: %s holds no events; not looping it", source.name)
                 break
     finally:
         source.close()
-    server.feed_state = "ended"
+    health.end()
     server.broadcast_notice("replay_end", f"the replay ({source.name}) has ended")
     log.info("feed ended: %s", source.name)
 
 
-async def _one_pass(server: Server, source: Source, start_ns: int | None) -> tuple[int, int]:
-    """Release one pass of the source, starting at ``start_ns`` (None: now); return how
-    many events it applied and the stamp of its last one (its start if none)."""
+@dataclass(frozen=True, slots=True)
+class PassResult:
+    """What one pass of a source did: events applied, the stamp of the last one (the
+    pass's start if none), and the exception that ended it early, if any."""
+
+    applied: int
+    end_ns: int
+    error: Exception | None = None
+
+
+async def _one_pass(server: Server, source: Source, start_ns: int | None) -> PassResult:
+    """Release one pass of the source, starting at ``start_ns`` (None: now). An
+    exception from the source (or from applying what it gave) ends the pass and is
+    returned, not raised."""
     hub = server.hub
     clock = server.clock
+    health = server.feed_health
     metrics = server.metrics
     apply_time = metrics.apply_time
     record = server.recorder.offer if server.recorder is not None else None
     speed = source.speed
-    await source.prepare()
+    try:
+        for symbol in source.symbols():
+            hub.add_symbol(symbol)
+        await source.prepare()
+    except Exception as exc:
+        return PassResult(0, clock() if start_ns is None else start_ns, exc)
     now = clock()
     start_wall = now if start_ns is None else start_ns
     start_trio = trio.current_time() + (start_wall - now) / 1e9
@@ -244,6 +289,7 @@ async def _one_pass(server: Server, source: Source, start_ns: int | None) -> tup
     first: int | None = None
     since_yield = 0
     applied = 0
+    error: Exception | None = None
     # The published frames are handed out once per run of events between two awaits
     # (feed/fanout.py); the run must end before every await.
     fanout = hub.fanout
@@ -260,6 +306,8 @@ async def _one_pass(server: Server, source: Source, start_ns: int | None) -> tup
                 late = trio.current_time() - release
                 if late < 0:
                     _report(server, source)
+                    if since_yield:
+                        health.released(trio.current_time())
                     fanout.release()
                     await trio.sleep_until(release)
                     fanout.hold()
@@ -275,14 +323,34 @@ async def _one_pass(server: Server, source: Source, start_ns: int | None) -> tup
             applied += 1
             since_yield += 1
             if since_yield >= CHECKPOINT_EVERY:
+                health.released(trio.current_time())
                 fanout.release()
                 await trio.lowlevel.checkpoint()
                 fanout.hold()
                 since_yield = 0
+    except Exception as exc:
+        error = exc
     finally:
         fanout.release()
+    if since_yield:
+        health.released(trio.current_time())
     _report(server, source)
-    return applied, stamp
+    return PassResult(applied, stamp, error)
+
+
+def _failed(server: Server, source: Source, error: Exception) -> None:
+    """The source raised: log it, say so in /healthz, and end every book's continuity
+    (a ``Gap``, recorded too), since what the source gives next may not follow on."""
+    log.error("feed failed: %s: %s", source.name, error, exc_info=error)
+    server.feed_health.fail(error)
+    hub = server.hub
+    now = server.clock()
+    for symbol in hub.symbol_list():
+        if hub.book_of(symbol).valid:
+            gap = Gap(symbol, now, now, "the feed source failed")
+            hub.apply(gap, now)
+            if server.recorder is not None:
+                server.recorder.offer(gap, now)
 
 
 def _report(server: Server, source: Source) -> None:

@@ -45,6 +45,7 @@ from feed.handshake import (
     http_response,
     read_request,
 )
+from feed.health import FeedHealth
 from feed.hub import Hub
 from feed.ingest import Snapshotter
 from feed.metrics import (
@@ -105,7 +106,8 @@ class Server:
         """The API keys (``AccessError`` from the constructor when the file is bad)."""
         self._per_address: dict[str, int] = {}
         self._per_key: dict[str, int] = {}
-        self.feed_state = "starting"
+        self.feed_health = FeedHealth(config.feed.stale_after_ms / 1000)
+        """The feed's state and silence, kept by the ingester, read by ``/healthz``."""
         self._feed = feed
         self._started_ns = clock()
         self._shutdown = trio.Event()
@@ -219,8 +221,9 @@ class Server:
         elif request.method not in ("GET", "HEAD"):
             await self._reply(stream, 405, b"only GET is served\n")
         elif path == "/healthz":
-            await self._reply(stream, 200, orjson.dumps(self.health()),
-                              "application/json")
+            health = self.health()
+            await self._reply(stream, 200 if health["status"] == "ok" else 503,
+                              orjson.dumps(health), "application/json")
         elif path == "/metrics":
             await self._reply(stream, 200, self.render_metrics(),
                               "text/plain; version=0.0.4; charset=utf-8")
@@ -325,8 +328,15 @@ class Server:
 
     # -- health and metrics -----------------------------------------------------------
 
+    @property
+    def feed_state(self) -> str:
+        """``starting``, ``running``, ``failed`` or ``ended`` (feed/health.py)."""
+        return self.feed_health.state.value
+
     def health(self) -> dict[str, object]:
-        return {"status": "ok", "feed": self.feed_state, "symbols": len(self.hub.symbols),
+        """The ``/healthz`` body: ``status`` ``ok`` (HTTP 200), or ``stale`` or ``failed``
+        (503) when the feed has been silent for ``feed.stale_after_ms`` or has failed."""
+        return {**self.feed_health.report(trio.current_time()), "symbols": len(self.hub.symbols),
                 "connections": len(self.sessions),
                 "uptime_s": round((self.clock() - self._started_ns) / 1e9, 3),
                 "worker": self.worker, "workers": self.config.server.workers}
@@ -366,6 +376,11 @@ class Server:
                       stats.bad_requests)
         yield counter("tickwire_feed_bad_lines", "Malformed tick-file lines skipped",
                       m.bad_lines)
+        yield counter("tickwire_feed_failures", "Times the feed source failed (raised)",
+                      self.feed_health.failures)
+        yield gauge("tickwire_feed_silent_seconds", "Seconds since the feed last released "
+                    "an event (or started); /healthz is 503 past feed.stale_after_ms",
+                    self.feed_health.silence(trio.current_time()) or 0.0)
         yield counter("tickwire_deflate_messages", "Messages compressed (once per group)",
                       self.hub.deflater.messages)
         yield gauge("tickwire_feed_behind_seconds",

@@ -1,18 +1,27 @@
 """Test helpers: decode the server's prebuilt frames, a naive book model, reading a
-connection to its close, a process's children, the process holding a socket."""
+connection to its close, a process's children, the process holding a socket, and a
+server's WebSocket and HTTP endpoints over memory streams (for trio's virtual clock)."""
 
 from __future__ import annotations
 
 import os
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+import trio
+import trio.testing
 
 from feed.checksum import book_checksum
+from feed.handshake import read_request
+
+if TYPE_CHECKING:
+    from clients.client import Connection
+    from feed.server import Server
 
 Level = tuple[str, str]
 
@@ -125,3 +134,75 @@ def socket_owner(local_port: int, remote_port: int, pids: Iterable[int]) -> int 
             except OSError:
                 continue
     return None
+
+
+@asynccontextmanager
+async def memory_client(server: Server, *, compress: bool = False) -> AsyncIterator[Connection]:
+    """A reference-client connection to ``server`` over an in-memory stream, through the
+    server's own handshake and connection code: no socket, so that a test may run on
+    trio's virtual clock (``autojump_clock``). Closed with 1000 on leaving."""
+    from clients.client import connect
+
+    server_stream, client_stream = trio.testing.memory_stream_pair()
+
+    async def serve() -> None:
+        request = await read_request(server_stream, server.config.server.max_handshake_bytes)
+        assert request is not None
+        await server._upgrade(server_stream, request)  # type: ignore[arg-type]
+
+    async def opener(endpoint: object) -> trio.abc.Stream:
+        return client_stream
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve)
+        async with connect("ws://memory/v1/stream", compress=compress,
+                           open_stream=opener) as conn:
+            yield conn
+
+
+async def memory_http_get(server: Server, path: str) -> tuple[int, bytes]:
+    """GET ``path`` from ``server`` over an in-memory stream: (status, body)."""
+    server_stream, client_stream = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server._handle, server_stream)
+        await client_stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        data = b""
+        while chunk := await client_stream.receive_some():
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+class Inbox:
+    """Reads a reference-client connection in the background (``run``), keeping every
+    message, so that a test can look at what came while virtual time passed."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.messages: list[dict[str, Any]] = []
+        self.close_code: int | None = None
+        self._arrived = trio.Event()
+
+    async def run(self) -> None:
+        from clients.errors import ConnectionClosed
+
+        try:
+            while True:
+                self.messages.append(await self.conn.receive())
+                self._arrived.set()
+                self._arrived = trio.Event()
+        except ConnectionClosed as closed:
+            self.close_code = closed.code
+            self._arrived.set()
+
+    async def wait_for(self, matches: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """The first message so far that ``matches``, waiting for it to come."""
+        while True:
+            found = next((m for m in self.messages if matches(m)), None)
+            if found is not None:
+                return found
+            assert self.close_code is None, f"closed with {self.close_code} first"
+            await self._arrived.wait()
+
+    def of_type(self, *types: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m["type"] in types]

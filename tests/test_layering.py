@@ -8,7 +8,7 @@ import pytest
 PURE = [
     "feed.events", "feed.decimals", "feed.checksum", "feed.book", "feed.views",
     "feed.outbox", "feed.protocol", "feed.wsframe", "feed.groups", "feed.hub",
-    "feed.session", "feed.echo", "feed.config", "feed.synthetic", "feed.access",
+    "feed.session", "feed.echo", "feed.config", "feed.synthetic", "feed.access", "feed.health",
     "clients.book", "clients.messages", "clients.subscription", "clients.session",
     "clients.codec", "clients.backoff", "clients.view", "clients.errors",
     "replay.codec", "replay.binance", "replay.window", "replay.cryptofeed", "replay.kraken",
