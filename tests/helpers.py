@@ -20,6 +20,7 @@ from feed.checksum import book_checksum
 from feed.handshake import read_request
 
 if TYPE_CHECKING:
+    from clients.book import ClientBook
     from clients.client import Connection
     from feed.server import Server
 
@@ -206,3 +207,24 @@ class Inbox:
 
     def of_type(self, *types: str) -> list[dict[str, Any]]:
         return [m for m in self.messages if m["type"] in types]
+
+
+def follow(messages: list[dict[str, Any]], symbol: str = "BTC") -> ClientBook:
+    """The client's book after ``messages``: every snapshot and update checked (chain and
+    checksum; raises on a break), a ``gap`` notice clearing it."""
+    from clients.book import ClientBook
+    from clients.messages import BookSnapshot, BookUpdate, parse_message
+
+    book = ClientBook(symbol)
+    for message in messages:
+        if message.get("symbol") != symbol:
+            continue
+        if message["type"] == "notice" and message["code"] == "gap":
+            book.clear()
+            continue
+        parsed = parse_message(message)
+        if isinstance(parsed, BookSnapshot):
+            book.apply_snapshot(parsed)
+        elif isinstance(parsed, BookUpdate):
+            book.apply_update(parsed)
+    return book

@@ -142,3 +142,51 @@ def test_unread_changes_stay_bounded() -> None:
         assert len(book.bids._pending) <= max(64, len(book.bids)) + 1
     expected = {str(1000 + j): "1" for j in range(50) if (9950 + j) % 3}
     assert_book_is(book, expected, {})
+
+
+source_seqs = st.none() | st.integers(0, 50)
+book_events = st.lists(st.one_of(
+    st.tuples(st.just("delta"), mixed_levels, mixed_levels, source_seqs),
+    st.tuples(st.just("snapshot"), mixed_levels, mixed_levels, source_seqs),
+    st.tuples(st.just("gap"), st.just([]), st.just([]), st.none())), max_size=30)
+
+
+@settings(max_examples=300)
+@given(book_events)
+def test_snapshots_gaps_and_deltas_keep_the_book_equal_to_the_model(steps) -> None:
+    """Any mix of snapshots, gaps and deltas (with any source seqs): the book is the
+    model's (empty and invalid from a gap to the next snapshot, deltas in between
+    ignored), crossed exactly when the model is, and its seq never goes back."""
+    book = Book("X")
+    valid = False
+    bids: dict[str, str] = {}
+    asks: dict[str, str] = {}
+    for kind, bid_levels, ask_levels, seq in steps:
+        before = book.seq
+        if kind == "snapshot":
+            book.apply_snapshot(snap(bid_levels, ask_levels, seq), 0)
+            valid = True
+            bids = {price: size for price, size in bid_levels if size != "0"}
+            asks = {price: size for price, size in ask_levels if size != "0"}
+        elif kind == "gap":
+            book.invalidate()
+            valid, bids, asks = False, {}, {}
+        else:
+            applied = book.apply_delta(delta(bid_levels, ask_levels, seq), 0)
+            assert (applied is not None) == valid
+            for model, changes in ((bids, bid_levels), (asks, ask_levels)):
+                for price, size in changes if valid else ():
+                    if size == "0":
+                        model.pop(price, None)
+                    else:
+                        model[price] = size
+        assert book.valid == valid
+        assert_book_is(book, bids, asks)
+        best_bid = max(bids, key=Decimal, default=None)
+        best_ask = min(asks, key=Decimal, default=None)
+        crossed = None not in (best_bid, best_ask) and Decimal(best_bid) >= Decimal(best_ask)
+        assert book.crossed() == crossed
+        if kind == "gap" or (kind == "delta" and not valid):
+            assert book.seq == before
+        else:
+            assert book.seq > before

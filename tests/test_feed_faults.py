@@ -17,16 +17,12 @@ import pytest
 import trio
 import trio.testing
 
-from clients.book import ClientBook
-from clients.messages import BookSnapshot as SnapshotMessage
-from clients.messages import BookUpdate as UpdateMessage
-from clients.messages import parse_message
 from feed.config import Config
 from feed.events import BookDelta, BookSnapshot, Event, Gap, Trade
 from feed.ingest import RETRY_FIRST_S, ReplaySource, run_ingester
 from feed.server import Server
 from replay.tickfile import TickWriter
-from tests.helpers import Inbox, NaiveBook, memory_client, memory_http_get
+from tests.helpers import Inbox, NaiveBook, follow, memory_client, memory_http_get
 
 T0 = 1_700_000_000_000_000_000
 BIDS = (("100", "1"), ("99", "2"), ("98", "3"))
@@ -120,22 +116,6 @@ async def health_at(server: Server, when: float) -> tuple[int, dict[str, Any]]:
     await trio.sleep_until(when)
     status, body = await memory_http_get(server, "/healthz")
     return status, orjson.loads(body)
-
-
-def follow(messages: list[dict[str, Any]]) -> ClientBook:
-    """The client's book after ``messages``: every snapshot and update checked (chain and
-    checksum; raises on a break), a ``gap`` notice clearing it."""
-    book = ClientBook("BTC")
-    for message in messages:
-        if message["type"] == "notice" and message["code"] == "gap":
-            book.clear()
-            continue
-        parsed = parse_message(message)
-        if isinstance(parsed, SnapshotMessage):
-            book.apply_snapshot(parsed)
-        elif isinstance(parsed, UpdateMessage):
-            book.apply_update(parsed)
-    return book
 
 
 def book_story(inbox: Inbox) -> list[tuple[str, object]]:
