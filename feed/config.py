@@ -39,6 +39,8 @@ class ServerConfig:
     handshake_timeout_ms: int = 5_000
     max_message_bytes: int = 65_536
     heartbeat_ms: int = 1_000
+    ping_interval_ms: int = 20_000
+    pong_timeout_ms: int = 20_000
     flush_pause_max_ms: float = 4.0
     close_timeout_ms: int = 2_000
     shutdown_timeout_ms: int = 2_000

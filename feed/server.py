@@ -126,6 +126,8 @@ class Server:
         self.connection_limits = ConnectionLimits(
             max_message_bytes=server.max_message_bytes,
             heartbeat_s=server.heartbeat_ms / 1000,
+            ping_interval_s=server.ping_interval_ms / 1000,
+            pong_timeout_s=server.pong_timeout_ms / 1000,
             close_timeout_s=server.close_timeout_ms / 1000,
             write_batch_bytes=client.write_batch_bytes)
 
@@ -364,6 +366,8 @@ class Server:
                       "Queued frames dropped by the lag policy", stats.dropped_frames)
         yield counter("tickwire_lag_events", "Times a client's outbox went over budget",
                       stats.lag_resyncs)
+        yield counter("tickwire_dead_peers", "Connections closed with 1011 because the "
+                      "peer answered no ping within server.pong_timeout_ms", m.dead_peers)
         yield labelled_counter("tickwire_closes", "Close frames sent, by close code (0: a "
                                "peer's own code 3000-4999 echoed back)", "code", m.closes)
         yield labelled_counter("tickwire_events", "Feed events applied, by kind", "kind",

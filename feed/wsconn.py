@@ -9,9 +9,17 @@ server's ``Flusher``: one task that, after each batch of feed events, writes eve
 connection that has something pending, with no task switch per client. Only a
 connection whose socket is full involves its own sender task, which waits until the
 socket is writable and finishes the write. The sender task also sends heartbeats when
-the connection is idle and performs the closing handshake: drain, close frame, wait for
-the peer's close or a timeout. On other streams (TLS, in-memory test streams) the
-sender task writes with ``send_all``.
+the connection is idle, pings a peer it has heard nothing from (and closes it with 1011
+when the pong does not come) and performs the closing handshake: drain, close frame,
+wait for the peer's close or a timeout. On other streams (TLS, in-memory test streams)
+the sender task writes with ``send_all``.
+
+Liveness, in the sender's loop (no task of its own): the reader notes when bytes last
+came in. Once nothing has come for ``ping_interval_s`` the sender queues a Ping; once
+nothing has come for ``pong_timeout_s`` after it, the peer is dead: its outbox is
+dropped, it leaves its subscriptions, and it is closed with 1011 (``keepalive ping
+timeout``, as the ``websockets`` library says). A write that stays blocked past that
+point ends the same way, so a dead peer with a full socket is freed too.
 
 wsproto frames the control messages (pong, close); data frames come prebuilt from the
 session (``feed.wsframe``).
@@ -66,6 +74,8 @@ class Peer(Protocol):
 class ConnectionLimits:
     max_message_bytes: int = 64 * 1024
     heartbeat_s: float = 1.0
+    ping_interval_s: float = 20.0
+    pong_timeout_s: float = 20.0
     close_timeout_s: float = 2.0
     write_batch_bytes: int = 256 * 1024
     read_bytes: int = 65536
@@ -135,15 +145,23 @@ class WebSocketConnection:
         self._broken = False  # a write failed: the peer is gone
         self._finished = False  # the socket is closed (its fd number may be reused)
         self._last_send = trio.current_time()
+        self._heard = self._last_send  # when bytes last came in from the peer
+        self._pinged: float | None = None  # when our unanswered Ping was queued
         self._write_wait: trio.CancelScope | None = None  # a wait the close interrupts
         session.on_ready = self._wake
 
     def _wake(self) -> None:
         if self.session.state is not State.OPEN:
             # Closing: stop waiting on a full socket; the close handshake has a deadline.
+            # A stream write under way (TLS, memory) is left to finish within the close
+            # timeout: cancelling it would cut it short and lose the close frame.
             self._ready.set()
-            if self._write_wait is not None:
-                self._write_wait.cancel()
+            wait = self._write_wait
+            if wait is not None and self._flusher is None:
+                wait.deadline = min(wait.deadline,
+                                    trio.current_time() + self.limits.close_timeout_s)
+            elif wait is not None:
+                wait.cancel()
         elif self._flusher is not None and not self._blocked:
             self._flusher.mark(self)
         else:
@@ -175,6 +193,8 @@ class WebSocketConnection:
                 data = await self.stream.receive_some(self.limits.read_bytes)
                 if not data:
                     break
+                self._heard = trio.current_time()
+                self._pinged = None
                 if ws.state is ConnectionState.CLOSED:
                     continue  # after the closing handshake, bytes are discarded
                 ws.receive_data(bytes(data))
@@ -233,30 +253,65 @@ class WebSocketConnection:
         heartbeat = self.limits.heartbeat_s
         try:
             while session.state is State.OPEN and not self._broken:
+                if not self._keep_alive():
+                    break
                 if self._blocked:
-                    with trio.CancelScope() as self._write_wait:
+                    with trio.CancelScope(deadline=self._dead_at()) as self._write_wait:
                         await trio.lowlevel.wait_writable(self._fd)
                         self._blocked = not self._write_nowait()
                     self._write_wait = None
                     continue
                 if session.outbox and self._flusher is None:
-                    scope = self._write_wait = trio.CancelScope()
+                    scope = self._write_wait = trio.CancelScope(deadline=self._dead_at())
                     with scope:
                         await self._write_pending()
                     self._write_wait = None
                     if scope.cancelled_caught:
                         self._broken = True  # a frame may be cut: no clean close possible
+                        if session.state is State.OPEN:  # the deadline, not a close
+                            self._dead()
                     continue
                 self._ready = trio.Event()
-                with trio.move_on_at(self._last_send + heartbeat):
+                wake = self._dead_at() if self._pinged is not None \
+                    else self._heard + self.limits.ping_interval_s
+                with trio.move_on_at(min(self._last_send + heartbeat, wake)):
                     await self._ready.wait()
                 if (session.state is State.OPEN and not session.outbox and not self._blocked
                         and trio.current_time() >= self._last_send + heartbeat):
                     session.heartbeat(self.clock())
+                    # Due again one interval from now, whether or not the session had
+                    # one to send (an echo session has none: no busy loop).
+                    self._last_send = trio.current_time()
             if not self._broken:
                 await self._close_handshake()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+
+    def _keep_alive(self) -> bool:
+        """Ping a peer not heard from for ``ping_interval_s``; close one that has not
+        answered within ``pong_timeout_s``. False when the peer is found dead."""
+        now = trio.current_time()
+        if now >= self._dead_at():
+            self._dead()
+            return False
+        if (self._pinged is None and now >= self._heard + self.limits.ping_interval_s
+                and self.ws.state is ConnectionState.OPEN):
+            self._pinged = now
+            self.session.push_control(self.ws.send(Ping()), self.clock())
+        return True
+
+    def _dead_at(self) -> float:
+        """When the peer counts as dead if nothing comes in before."""
+        pinged = self._pinged
+        if pinged is None:
+            pinged = self._heard + self.limits.ping_interval_s
+        return pinged + self.limits.pong_timeout_s
+
+    def _dead(self) -> None:
+        """The peer answers nothing: drop what is queued for it and close with 1011."""
+        self.metrics.dead_peers += 1
+        self.session.outbox.clear()
+        self.session.close(CLOSE_INTERNAL_ERROR, "keepalive ping timeout")
 
     async def _close_handshake(self) -> None:
         """Write what is left, the close frame, and wait for the peer's close."""

@@ -78,6 +78,46 @@ async def test_bytes_after_the_closing_handshake_are_discarded() -> None:
                 pass
 
 
+async def test_a_silent_peer_is_pinged_and_closed_1011_once_it_stops_answering(
+        autojump_clock: trio.testing.MockClock) -> None:
+    connection, client_stream, client = echo_connection(
+        ConnectionLimits(ping_interval_s=20, pong_timeout_s=5))
+    seen: list[tuple[float, str]] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(connection.run)
+        start = trio.current_time()
+        while data := await client_stream.receive_some():
+            client.receive_data(data)
+            for event in client.events():
+                seen.append((trio.current_time() - start, type(event).__name__))
+                if isinstance(event, Ping) and len(seen) <= 3:  # answers three pings
+                    await client_stream.send_all(client.send(event.response()))
+                elif isinstance(event, CloseConnection):
+                    assert event.code == 1011 and event.reason == "keepalive ping timeout"
+                    await client_stream.send_all(client.send(event.response()))
+    # A ping 20 s after the last thing heard; the fourth goes unanswered for 5 s.
+    assert seen == [(20.0, "Ping"), (40.0, "Ping"), (60.0, "Ping"), (80.0, "Ping"),
+                    (85.0, "CloseConnection")]
+    assert connection.metrics.dead_peers == 1
+
+
+async def test_any_frame_from_the_peer_counts_as_a_sign_of_life(
+        autojump_clock: trio.testing.MockClock) -> None:
+    connection, client_stream, client = echo_connection(
+        ConnectionLimits(ping_interval_s=20, pong_timeout_s=5))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(connection.run)
+        for _ in range(10):  # a message every 15 s: never pinged
+            await trio.sleep(15)
+            await client_stream.send_all(client.send(TextMessage("still here")))
+            client.receive_data(await client_stream.receive_some())
+            assert [type(e) for e in client.events()] == [TextMessage]
+        await client_stream.send_all(client.send(CloseConnection(1000)))
+        client.receive_data(await client_stream.receive_some())
+        assert [type(e) for e in client.events()] == [CloseConnection]
+    assert connection.metrics.dead_peers == 0
+
+
 class TimedConnection:
     """Stands in for a connection in the flusher: notes when it is written, and takes
     ``cost_s`` of (mock) time to write."""
