@@ -314,7 +314,14 @@ class WebSocketConnection:
         self.session.close(CLOSE_INTERNAL_ERROR, "keepalive ping timeout")
 
     async def _close_handshake(self) -> None:
-        """Write what is left, the close frame, and wait for the peer's close."""
+        """Write what is left, the close frame, and wait for the peer's close.
+
+        Once the close frame is written the sending side is shut (a FIN after it), and
+        the reader goes on reading, and discarding, until the peer's close or the
+        timeout: a peer still sending after a close for a limit reads the close frame
+        and then the end of the stream, not a reset (closing a socket with unread bytes
+        resets the connection, and a reset may destroy what the peer has not read yet).
+        """
         session = self.session
         with trio.move_on_after(self.limits.close_timeout_s):
             if self.ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
@@ -324,6 +331,9 @@ class WebSocketConnection:
                 label = int(code) if int(code) < 3000 or int(code) in (4001, 4003) else 0
                 self.metrics.closes[label] = self.metrics.closes.get(label, 0) + 1
             await self._drain()
+            if not self._peer_closed.is_set() and not self._broken \
+                    and isinstance(self.stream, trio.abc.HalfCloseableStream):
+                await self.stream.send_eof()
             await self._peer_closed.wait()
 
     async def _drain(self) -> None:

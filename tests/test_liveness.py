@@ -8,27 +8,15 @@ from typing import Any
 import orjson
 import trio
 import trio.testing
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, CloseConnection, Ping, Request, TextMessage
+from wsproto import WSConnection
+from wsproto.events import CloseConnection, Ping, TextMessage
 
 from clients.client import connect
 from feed.events import Trade
-from tests.test_server import next_of, start
+from tests.test_server import next_of, open_raw, start
 
 PING_S = 20.0  # the defaults
 PONG_S = 20.0
-
-
-async def open_raw(url: str) -> tuple[trio.SocketStream, WSConnection]:
-    """A WebSocket connection by hand: a wsproto client that answers nothing unless
-    told to."""
-    host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
-    stream = await trio.open_tcp_stream(host, int(port))
-    ws = WSConnection(ConnectionType.CLIENT)
-    await stream.send_all(ws.send(Request(host=host, target="/v1/stream")))
-    while not any(isinstance(e, AcceptConnection) for e in ws.events()):
-        ws.receive_data(await stream.receive_some(65536))
-    return stream, ws
 
 
 async def send_request(stream: trio.SocketStream, ws: WSConnection,

@@ -12,6 +12,9 @@ import orjson
 import pytest
 import trio
 import trio.testing
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+from wsproto.extensions import Extension, PerMessageDeflate
 
 from clients.book import ClientBook
 from clients.client import Connection, connect
@@ -134,6 +137,45 @@ async def test_oversized_request_closes_1009_others_unharmed(nursery: trio.Nurse
         assert closed.value.code == 1009
         server.hub.apply(Trade("BTC", 1, "100", "1", "sell", 1, 1), server.clock())
         assert (await bystander.receive())["type"] == "trade"
+    server.shutdown()
+
+
+@pytest.mark.parametrize(("compress", "code"), [(False, 1009), (True, 1009), (False, 1008)])
+async def test_a_client_that_keeps_sending_after_a_limit_sees_the_close_not_a_reset(
+        nursery: trio.Nursery, compress: bool, code: int) -> None:
+    """Over a limit (1009: a message too big, plain or inflated; 1008: the request
+    rate) while it goes on sending and never answers the close: the client still reads
+    the close frame and then the end of the stream, not a connection reset."""
+    server, url = await start(nursery, **{"server.max_message_bytes": 1024,
+                                          "server.close_timeout_ms": 200,
+                                          "client.request_burst": 5})
+    stream, ws = await open_raw(url, [PerMessageDeflate()] if compress else [])
+    if code == 1009:
+        await stream.send_all(ws.send(TextMessage('{"op": "ping", "id": "' + "x" * 5000 + '"}')))
+    request = ws.send(TextMessage('{"op": "ping"}' + " " * 500))  # then this, over and over
+    closes: list[int] = []
+    ended = ""
+
+    async def keep_sending() -> None:
+        try:
+            while True:
+                await stream.send_all(request)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as client:
+            client.start_soon(keep_sending)
+            try:
+                while data := await stream.receive_some(65536):
+                    ws.receive_data(data)
+                    closes += [e.code for e in ws.events() if isinstance(e, CloseConnection)]
+                ended = "end of stream"
+            except trio.BrokenResourceError as exc:
+                ended = f"reset: {exc.__cause__!r}"
+            client.cancel_scope.cancel()
+    await stream.aclose()
+    assert closes == [code] and ended == "end of stream"
     server.shutdown()
 
 
@@ -330,6 +372,20 @@ async def test_a_silent_connection_is_dropped_at_the_handshake_deadline(
         with trio.fail_after(2):
             assert await stream.receive_some(100) == b""
     server.shutdown()
+
+
+async def open_raw(url: str, extensions: list[Extension] | None = None,
+                   ) -> tuple[trio.SocketStream, WSConnection]:
+    """A WebSocket connection by hand: the stream and a wsproto client that does
+    nothing (answers no ping, no close) unless told to."""
+    host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    ws = WSConnection(ConnectionType.CLIENT)
+    await stream.send_all(ws.send(Request(host=host, target="/v1/stream",
+                                          extensions=extensions or [])))
+    while not any(isinstance(e, AcceptConnection) for e in ws.events()):
+        ws.receive_data(await stream.receive_some(65536))
+    return stream, ws
 
 
 async def raw_request(url: str, data: bytes) -> bytes:
