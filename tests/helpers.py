@@ -146,19 +146,23 @@ async def memory_client(server: Server, *, compress: bool = False) -> AsyncItera
 
     server_stream, client_stream = trio.testing.memory_stream_pair()
 
-    async def serve() -> None:
-        request = await read_request(server_stream, server.config.server.max_handshake_bytes)
-        assert request is not None
-        await server._upgrade(server_stream, request)  # type: ignore[arg-type]
-
     async def opener(endpoint: object) -> trio.abc.Stream:
         return client_stream
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(serve)
+        nursery.start_soon(serve_websocket, server, server_stream)
         async with connect("ws://memory/v1/stream", compress=compress,
                            open_stream=opener) as conn:
             yield conn
+
+
+async def serve_websocket(server: Server, stream: trio.abc.Stream) -> None:
+    """Serve one WebSocket client on ``stream`` (not a socket) as the server serves one
+    on a socket: its request head, then ``Server._upgrade`` (handshake, session and
+    connection) until the connection ends."""
+    request = await read_request(stream, server.config.server.max_handshake_bytes)
+    assert request is not None and request.wants_websocket
+    await server._upgrade(stream, request)  # type: ignore[arg-type]
 
 
 async def memory_http_get(server: Server, path: str) -> tuple[int, bytes]:
