@@ -51,6 +51,10 @@ class EchoSession:
             self.outbox.push(data, Kind.CONTROL, None, now_ns)
             self.on_ready()
 
+    def answer_ping(self, pong: bytes, now_ns: int) -> None:
+        """Every ping is answered: the conformance suite counts the pongs."""
+        self.push_control(pong, now_ns)
+
     def heartbeat(self, now_ns: int) -> None:
         """Echo connections carry no heartbeats."""
 

@@ -125,6 +125,18 @@ class Session:
     def _admit(self, now_ns: int) -> bool:
         """Token bucket on the request rate: a burst over it is refused with
         ``rate_limited``; going on while refused closes the connection with 1008."""
+        if self._take_token(now_ns):
+            return True
+        if self.state is State.OPEN:
+            self.send(protocol.error_message(
+                "rate_limited",
+                f"more than {self.limits.request_rate:g} requests per second; slow down"),
+                now_ns)
+        return False
+
+    def _take_token(self, now_ns: int) -> bool:
+        """One token of the request bucket (requests and pings share it); refused,
+        and refused more than a burst's worth in a row, closes 1008."""
         limits = self.limits
         elapsed = (now_ns - self._refilled_ns) / 1e9
         self._refilled_ns = now_ns
@@ -137,10 +149,6 @@ class Session:
         self._refused += 1
         if self._refused > limits.request_burst:
             self.close(CLOSE_POLICY, "request rate far over the limit")
-        else:
-            self.send(protocol.error_message(
-                "rate_limited",
-                f"more than {limits.request_rate:g} requests per second; slow down"), now_ns)
         return False
 
     def _dispatch(self, request: protocol.Request, now_ns: int) -> None:
@@ -207,9 +215,17 @@ class Session:
         return Frame(protocol.encode(message), self.hub.deflater).for_client(self.wbits)
 
     def push_control(self, data: bytes, now_ns: int) -> None:
-        """Queue a control frame the connection built (a pong)."""
+        """Queue a control frame the connection built (a ping)."""
         if self.state is State.OPEN:
             self._push(data, Kind.CONTROL, None, now_ns)
+
+    def answer_ping(self, pong: bytes, now_ns: int) -> None:
+        """Queue the pong for a client's ping. Pings take tokens from the request
+        bucket: beyond the burst a ping goes unanswered (RFC 6455 5.5.3 lets a pong
+        answer only the latest ping) and a flood closes 1008, so pongs cannot pile up
+        in the outbox of a client that sends pings and reads nothing."""
+        if self.state is State.OPEN and self._take_token(now_ns):
+            self._push(pong, Kind.CONTROL, None, now_ns)
 
     def deliver(self, frame: Frame, kind: Kind, key: str, now_ns: int) -> None:
         """Queue a published frame; apply the lag policy when over budget. (The hot

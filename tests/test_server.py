@@ -26,7 +26,8 @@ from clients.messages import parse_message
 from feed.config import Config
 from feed.events import BookDelta, BookSnapshot, Trade
 from feed.server import Server
-from tests.helpers import read_until_closed
+from tests.fuzz_ws import frame as fuzz_frame
+from tests.helpers import frame_payload, read_until_closed
 
 BIDS = tuple((f"{100 - i}", "1") for i in range(20))
 ASKS = tuple((f"{101 + i}", "1") for i in range(20))
@@ -477,3 +478,43 @@ async def test_hundreds_of_clients_vanishing_at_once_leave_no_task_behind(
         assert tasks() == before
         server.hub.apply(Trade("BTC", 5, "100", "1", "buy", 1, 1), server.clock())
         assert (await bystander.receive())["trade_id"] == 5
+
+
+def server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """(opcode, payload) of each unmasked server frame in ``data``."""
+    out = []
+    while data:
+        opcode, _, payload = frame_payload(data)
+        length = len(payload)
+        header = 2 + (2 if 126 <= length < 1 << 16 else 8 if length >= 1 << 16 else 0)
+        out.append((opcode, payload))
+        data = data[header + length:]
+    return out
+
+
+async def test_a_ping_flood_gets_a_burst_of_pongs_then_close_1008(server: Server) -> None:
+    """Pings share the request bucket: a client that floods pings and reads nothing
+    gets at most a burst of pongs queued, then close 1008, and others are unharmed."""
+    url = server.url  # type: ignore[attr-defined]
+    burst = server.config.client.request_burst
+    async with connect(url) as bystander:
+        await bystander.subscribe("trades", ["BTC"])
+        await bystander.receive()
+        host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(UPGRADE % (b"/v1/stream", b"13"))
+            received = b""
+            with trio.fail_after(5):
+                while b"\r\n\r\n" not in received:
+                    received += await stream.receive_some(65536)
+                await stream.send_all(fuzz_frame(0x9, b"ping") * (20 * burst))
+                while chunk := await stream.receive_some(65536):
+                    received += chunk
+        frames = server_frames(received.partition(b"\r\n\r\n")[2])
+        pongs = [payload for opcode, payload in frames if opcode == 0xA]
+        assert burst <= len(pongs) <= burst + 2 and set(pongs) == {b"ping"}
+        assert frames[-1][0] == 0x8
+        assert struct.unpack("!H", frames[-1][1][:2])[0] == 1008
+        server.hub.apply(Trade("BTC", 6, "100", "1", "buy", 1, 1), server.clock())
+        assert (await bystander.receive())["trade_id"] == 6
