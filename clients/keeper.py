@@ -21,7 +21,9 @@ run on ``MockClock`` without real sleeps.
 ``run`` ends only by cancellation, by the consumer closing the message channel, or by
 raising: ``ConnectionClosed`` for a close code in ``fatal_codes`` (policy, forbidden,
 request too large: reconnecting would not help), ``HandshakeRejected`` for a 4xx answer
-other than 408/429, or the last error after ``max_failures`` consecutive failed attempts.
+other than 408/429, ``trio.BrokenResourceError`` caused by ``ssl.SSLCertVerificationError``
+(a ``wss://`` server whose certificate is not trusted: no retry makes it so), or the last
+error after ``max_failures`` consecutive failed attempts.
 """
 
 from __future__ import annotations
@@ -176,6 +178,8 @@ class BookKeeper:
                         raise
                     failures = self._failed(failures, exc, connected=False)
                 except (OSError, PeerError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+                    if isinstance(exc.__cause__, ssl.SSLCertVerificationError):
+                        raise
                     failures = self._failed(failures, exc, connected=up_since is not None)
                 finally:
                     self._set_connection(None)

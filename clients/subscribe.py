@@ -15,6 +15,7 @@ it returns the process exit status, 0 after Ctrl-C, 1 after an error.
 from __future__ import annotations
 
 import math
+import ssl
 import sys
 from collections import deque
 from collections.abc import Sequence
@@ -100,19 +101,21 @@ async def run_subscribe(
     color: bool | None = None,
     refresh_interval: float = REFRESH_INTERVAL,
     keeper: BookKeeper | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     """Subscribe ``symbols`` on ``channel`` and show them on ``out`` (stdout) until
     cancelled.
 
     ``tty`` (default: ``out.isatty()``) picks the redrawn screen over plain lines;
     ``color`` defaults to ``tty``. ``keeper`` may be given ready-made (tests inject one
-    with an in-memory stream opener). Raises ``ValueError`` for an unknown channel or no
+    with an in-memory stream opener). ``ssl_context`` is for a ``wss://`` URL (default:
+    the system's trusted CAs). Raises ``ValueError`` for an unknown channel or no
     symbols, and what ``BookKeeper.run`` raises when it gives up; a single exception is
     raised as itself, not inside an exception group (``KeyboardInterrupt`` included).
     """
     stream = out if out is not None else sys.stdout
     is_tty = stream.isatty() if tty is None else tty
-    keeper = keeper or BookKeeper(url)
+    keeper = keeper or BookKeeper(url, ssl_context=ssl_context)
     options: dict[str, Any] = {"depth": depth} if channel == "book" else {}
     await keeper.subscribe(channel, symbols, **options)
     if channel == "book" and is_tty:
@@ -134,7 +137,7 @@ async def run_subscribe(
         # caller's `except KeyboardInterrupt` / `except ConnectionClosed` works.
         leaves = _leaves(group)
         if len(leaves) == 1:
-            raise leaves[0] from None
+            raise leaves[0] from leaves[0].__cause__  # its own cause, not the group
         raise
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import ssl
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from feed.config import Config, ConfigError, load_config, parse_speed, parse_tim
 from feed.ingest import ReplaySource, SyntheticSource, UnknownSymbols, run_ingester
 from feed.protocol import CHANNELS
 from feed.server import Listening, Server, stop_on_signals
+from feed.tls import server_context
 from feed.workers import serve_workers
 from replay.cli import add_commands as add_file_commands
 from replay.cli import run as run_file_command
@@ -86,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--url", default="ws://127.0.0.1:8765/v1/stream")
     sub.add_argument("--channel", choices=("book", "trades", "bbo"), default="book")
     sub.add_argument("--depth", type=int, default=10)
+    sub.add_argument("--ca", type=Path, metavar="FILE",
+                     help="for a wss:// URL: trust the CA certificates in FILE (PEM) instead "
+                          "of the system's (SSL_CERT_FILE is honoured too)")
     return parser
 
 
@@ -148,6 +154,7 @@ def _config(args: argparse.Namespace) -> Config:
             load_keys(Path(config.access.keys_file))  # refused now, not per worker later
         except AccessError as exc:
             raise ConfigError(f"access.keys_file: {exc}") from None
+    server_context(config.tls)  # the same: ConfigError for a bad certificate or key
     return config
 
 
@@ -218,9 +225,22 @@ def main(argv: list[str] | None = None) -> int:
         from clients.subscribe import run_subscribe
 
         try:
-            trio.run(run_subscribe, args.url, args.symbols, args.channel, args.depth)
+            context = _client_context(args.ca)
+        except ConfigError as exc:
+            print(f"tickwire: {exc}", file=sys.stderr)
+            return 2
+        try:
+            trio.run(partial(run_subscribe, args.url, args.symbols, args.channel, args.depth,
+                             ssl_context=context))
         except KeyboardInterrupt:
             pass
+        except trio.BrokenResourceError as exc:
+            if not isinstance(exc.__cause__, ssl.SSLCertVerificationError):
+                raise
+            print(f"tickwire: subscribe: the server's certificate is not trusted "
+                  f"({exc.__cause__.verify_message}); --ca FILE names the CA to trust",
+                  file=sys.stderr)
+            return 1
         return 0
     if args.command == "record" and args.url:
         return _record_url(args)
@@ -267,6 +287,19 @@ def _keys(args: argparse.Namespace) -> int:
           f"channels = [{', '.join(_toml_string(c) for c in channels)}]\n"
           f"max_connections = {args.max_connections}")
     return 0
+
+
+def _client_context(ca: Path | None) -> ssl.SSLContext | None:
+    """The TLS context trusting the CA certificates in ``ca`` (``None``: the system's,
+    or SSL_CERT_FILE's). Raises ``ConfigError``."""
+    if ca is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=str(ca))
+    except OSError as exc:
+        raise ConfigError(f"--ca: cannot read {ca}: {exc.strerror or exc}") from None
+    except ssl.SSLError:
+        raise ConfigError(f"--ca: no PEM certificate in {ca}") from None
 
 
 def _toml_string(text: str) -> str:

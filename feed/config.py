@@ -90,6 +90,17 @@ class AccessConfig:
     max_connections_per_address: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    cert_file: str = ""
+    key_file: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        """True when the server serves ``wss://`` (feed/tls.py checks the files)."""
+        return bool(self.cert_file or self.key_file)
+
+
 RECORD_EXTENSIONS = (".ticks.zst", ".ticks.gz", ".ticks")
 
 
@@ -111,6 +122,7 @@ class Config:
     feed: FeedConfig = field(default_factory=FeedConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
     access: AccessConfig = field(default_factory=AccessConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
         """A copy with ``{"section.key": value}`` overrides applied and checked."""
@@ -171,7 +183,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 _SECTIONS: dict[str, type[Any]] = {
     "server": ServerConfig, "compression": CompressionConfig,
     "client": ClientConfig, "feed": FeedConfig, "record": RecordConfig,
-    "access": AccessConfig,
+    "access": AccessConfig, "tls": TlsConfig,
 }
 
 

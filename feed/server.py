@@ -6,7 +6,10 @@ SIGTERM): then every client gets a ``notice`` ``shutdown`` and close 1001, and t
 server is gone within ``server.shutdown_timeout_ms``.
 
 With ``server.workers`` > 1 (feed/workers.py) each worker process runs one ``Server``
-on listening sockets made for it (``run(listeners)``); ``worker`` is its index.
+on listening sockets made for it (``run(listeners)``); ``worker`` is its index. With
+``[tls]`` (feed/tls.py) ``run`` wraps whichever listeners it serves in
+``trio.SSLListener``: the TLS handshake is done by the first read of the request head,
+under ``server.handshake_timeout_ms``, and the URL is ``wss://``.
 
 Routes on the one port: ``/v1/stream`` (WebSocket; a plain GET gets 426), ``/healthz``,
 ``/metrics``, anything else 404. Before a WebSocket is accepted: an ``Origin`` outside
@@ -59,6 +62,7 @@ from feed.metrics import (
 )
 from feed.recorder import HubBooks, Recorder
 from feed.session import CLOSE_GOING_AWAY, Session, SessionLimits, SessionStats
+from feed.tls import server_context
 from feed.wsconn import ConnectionLimits, Flusher, Peer, WebSocketConnection
 from feed.wsframe import Deflater
 
@@ -74,11 +78,12 @@ class Listening:
 
     host: str
     port: int
+    tls: bool = False
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"ws://{host}:{self.port}{STREAM_PATH}"
+        return f"{'wss' if self.tls else 'ws'}://{host}:{self.port}{STREAM_PATH}"
 
 
 class Server:
@@ -104,6 +109,8 @@ class Server:
         access = config.access
         self.keys = load_keys(Path(access.keys_file)) if access.keys_file else KeyRing()
         """The API keys (``AccessError`` from the constructor when the file is bad)."""
+        self.tls = server_context(config.tls)
+        """For ``wss://`` (``ConfigError`` from the constructor when a file is bad)."""
         self._per_address: dict[str, int] = {}
         self._per_key: dict[str, int] = {}
         self.feed_health = FeedHealth(config.feed.stale_after_ms / 1000)
@@ -142,6 +149,9 @@ class Server:
             server = self.config.server
             listeners = await trio.open_tcp_listeners(server.port, host=server.host)
         sockname = listeners[0].socket.getsockname()
+        serving: list[trio.abc.Listener[trio.abc.Stream]] = [*listeners]
+        if self.tls is not None:  # the TLS handshake is done under the handshake deadline
+            serving = [trio.SSLListener(listener, self.tls) for listener in listeners]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.snapshotter.run)
             nursery.start_soon(self.flusher.run)
@@ -151,16 +161,17 @@ class Server:
                 nursery.start_soon(self._feed, self)
             async with trio.open_nursery() as connections:
                 accept_scope = trio.CancelScope()
-                connections.start_soon(self._accept, listeners, connections, accept_scope)
-                task_status.started(Listening(sockname[0], sockname[1]))
+                connections.start_soon(self._accept, serving, connections, accept_scope)
+                task_status.started(Listening(sockname[0], sockname[1],
+                                              tls=self.tls is not None))
                 await self._shutdown.wait()
                 accept_scope.cancel()
                 await self._close_all()
                 connections.cancel_scope.cancel()
             nursery.cancel_scope.cancel()
 
-    async def _accept(self, listeners: list[trio.SocketListener], nursery: trio.Nursery,
-                      scope: trio.CancelScope) -> None:
+    async def _accept(self, listeners: list[trio.abc.Listener[trio.abc.Stream]],
+                      nursery: trio.Nursery, scope: trio.CancelScope) -> None:
         with scope:
             await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
 
@@ -193,7 +204,7 @@ class Server:
 
     # -- one connection ---------------------------------------------------------------
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, stream: trio.abc.Stream) -> None:
         self.metrics.connections_total += 1
         try:
             await self._serve_stream(stream)
@@ -203,7 +214,7 @@ class Server:
             with trio.CancelScope(shield=True), trio.move_on_after(0.5):
                 await stream.aclose()
 
-    async def _serve_stream(self, stream: trio.SocketStream) -> None:
+    async def _serve_stream(self, stream: trio.abc.Stream) -> None:
         server = self.config.server
         try:
             request = None
@@ -216,7 +227,7 @@ class Server:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
-    async def _route(self, stream: trio.SocketStream, request: HttpRequest) -> None:
+    async def _route(self, stream: trio.abc.Stream, request: HttpRequest) -> None:
         path = request.path
         if request.wants_websocket and (self.echo or path == STREAM_PATH):
             await self._websocket(stream, request)
@@ -235,13 +246,13 @@ class Server:
         else:
             await self._reply(stream, 404, f"no such path: {path}\n".encode())
 
-    async def _reply(self, stream: trio.SocketStream, status: int, body: bytes,
+    async def _reply(self, stream: trio.abc.Stream, status: int, body: bytes,
                      content_type: str = "text/plain; charset=utf-8",
                      extra: tuple[tuple[str, str], ...] = ()) -> None:
         self.metrics.http_requests[status] = self.metrics.http_requests.get(status, 0) + 1
         await stream.send_all(http_response(status, body, content_type, extra))
 
-    async def _websocket(self, stream: trio.SocketStream, request: HttpRequest) -> None:
+    async def _websocket(self, stream: trio.abc.Stream, request: HttpRequest) -> None:
         access = self.config.access
         if not self.echo and not origin_allowed(request.headers.get("origin"), access.origins):
             await self._reply(stream, 403, b"this Origin may not connect\n")
@@ -277,7 +288,7 @@ class Server:
                 f"this key may have at most {grant.max_connections} connections at once"
         return grant, "", ""
 
-    async def _upgrade(self, stream: trio.SocketStream, request: HttpRequest) -> None:
+    async def _upgrade(self, stream: trio.abc.Stream, request: HttpRequest) -> None:
         ws = WSConnection(ConnectionType.SERVER)
         try:
             ws.receive_data(request.raw)
@@ -420,8 +431,12 @@ def _tasks_alive() -> int:
     return count
 
 
-def _peer_address(stream: trio.SocketStream) -> str:
+def _peer_address(stream: trio.abc.Stream) -> str:
     """The client's address (without port), for per-address limits."""
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if not isinstance(stream, trio.SocketStream):
+        return "?"
     try:
         peer = stream.socket.getpeername()
     except OSError:

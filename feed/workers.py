@@ -13,7 +13,7 @@ same ``seq`` and ``ts_recv`` in lockstep (feed/ingest.py)::
     no listen (port 0: one port for all)
     start N workers  ------------------------>  bind the address(es) too, listen, serve
     wait for every Listening  <---------------  Listening(i)
-    print `listening on ws://HOST:PORT/...`     prepare the feed (read up to --from)
+    print `listening on ws[s]://HOST:PORT/...`  prepare the feed (read up to --from)
     wait for every FeedReady  <---------------  FeedReady(i)
     StartFeed(now + START_DELAY_NS)  -------->  release the feed from that instant
     SIGINT/SIGTERM: SIGTERM every worker        notice `shutdown`, close 1001, exit 0
@@ -22,7 +22,9 @@ same ``seq`` and ``ts_recv`` in lockstep (feed/ingest.py)::
 A worker shuts down the same graceful way when its parent is gone: the parent's end of
 its pipe reaches end of file, and on Linux the kernel sends it SIGTERM
 (``PR_SET_PDEATHSIG``). A worker ignores SIGINT: Ctrl-C is the parent's to handle.
-Only worker 0 records (``--record``); the others serve.
+Only worker 0 records (``--record``); the others serve. With ``[tls]`` each worker loads
+the certificate and wraps its own listeners (``Server.run``); the parent has checked the
+files before starting any.
 """
 
 from __future__ import annotations
@@ -198,7 +200,8 @@ class Supervisor:
         self.config = config
         self.source = source
         self.addresses = addresses
-        self.listening = Listening(addresses[0].sockaddr[0], addresses[0].sockaddr[1])
+        self.listening = Listening(addresses[0].sockaddr[0], addresses[0].sockaddr[1],
+                                   tls=config.tls.enabled)
         self.workers: list[_Worker] = []
         self.failed = False
         self._stop = trio.Event()

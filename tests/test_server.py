@@ -84,19 +84,26 @@ async def test_subscribe_snapshot_then_unbroken_checked_chain(server: Server) ->
         assert subscribed == {"type": "subscribed", "id": 1, "channel": "book",
                               "symbols": ["BTC"], "depth": 5, "interval_ms": 0,
                               "checksum": True}
-        snapshot = await conn.receive()
-        assert snapshot["type"] == "book_snapshot" and snapshot["reason"] == "subscribe"
-        assert snapshot["bids"] == [list(level) for level in BIDS[:5]]
-        book = ClientBook("BTC", 5)
-        verify(book, snapshot)
-        for i in range(200):
-            tick(server, "BTC", i)
-        for _ in range(200):
-            message = await conn.receive()
-            verify(book, message)  # raises on a broken chain or a wrong checksum
-        assert book.seq == server.hub.book_of("BTC").seq
-        assert book.top(5) == (server.hub.book_of("BTC").bids.top(5),
-                               server.hub.book_of("BTC").asks.top(5))
+        await follow_book(server, conn, 200)
+
+
+async def follow_book(server: Server, conn: Connection, updates: int) -> None:
+    """Read the snapshot of a fresh depth-5 subscription to BTC's book, then as many
+    updates as ``updates`` changes made now, checking the chain and every checksum; the
+    client's book ends equal to the server's."""
+    snapshot = await conn.receive()
+    assert snapshot["type"] == "book_snapshot" and snapshot["reason"] == "subscribe"
+    assert snapshot["bids"] == [list(level) for level in BIDS[:5]]
+    book = ClientBook("BTC", 5)
+    verify(book, snapshot)
+    for i in range(updates):
+        tick(server, "BTC", i)
+    for _ in range(updates):
+        message = await conn.receive()
+        verify(book, message)  # raises on a broken chain or a wrong checksum
+    assert book.seq == server.hub.book_of("BTC").seq
+    assert book.top(5) == (server.hub.book_of("BTC").bids.top(5),
+                           server.hub.book_of("BTC").asks.top(5))
 
 
 async def test_permessage_deflate_is_negotiated_and_used(server: Server) -> None:
