@@ -38,6 +38,7 @@ class ServerConfig:
     max_handshake_bytes: int = 16_384
     handshake_timeout_ms: int = 5_000
     max_message_bytes: int = 65_536
+    max_fragments: int = 1_024
     heartbeat_ms: int = 1_000
     ping_interval_ms: int = 20_000
     pong_timeout_ms: int = 20_000

@@ -66,6 +66,7 @@ class Metrics:
     bytes_sent: int = 0
     closes: dict[int, int] = field(default_factory=dict)
     refused: dict[str, int] = field(default_factory=dict)
+    fd_refusals: int = 0
     dead_peers: int = 0
     bad_lines: int = 0
     feed_behind_s: float = 0.0

@@ -51,6 +51,7 @@ from feed.handshake import (
 from feed.health import FeedHealth
 from feed.hub import Hub
 from feed.ingest import Snapshotter
+from feed.listener import ReserveListener
 from feed.metrics import (
     Metrics,
     counter,
@@ -132,6 +133,9 @@ class Server:
         server = config.server
         self.connection_limits = ConnectionLimits(
             max_message_bytes=server.max_message_bytes,
+            # The conformance suite sends 4 MiB in 64-byte fragments to the echo server.
+            max_fragments=(max(server.max_fragments, server.max_message_bytes) if echo
+                           else server.max_fragments),
             heartbeat_s=server.heartbeat_ms / 1000,
             ping_interval_s=server.ping_interval_ms / 1000,
             pong_timeout_s=server.pong_timeout_ms / 1000,
@@ -149,9 +153,10 @@ class Server:
             server = self.config.server
             listeners = await trio.open_tcp_listeners(server.port, host=server.host)
         sockname = listeners[0].socket.getsockname()
-        serving: list[trio.abc.Listener[trio.abc.Stream]] = [*listeners]
+        reserved = [ReserveListener(listener, self._refused_no_fd) for listener in listeners]
+        serving: list[trio.abc.Listener[trio.abc.Stream]] = [*reserved]
         if self.tls is not None:  # the TLS handshake is done under the handshake deadline
-            serving = [trio.SSLListener(listener, self.tls) for listener in listeners]
+            serving = [trio.SSLListener(listener, self.tls) for listener in reserved]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.snapshotter.run)
             nursery.start_soon(self.flusher.run)
@@ -174,6 +179,9 @@ class Server:
                       nursery: trio.Nursery, scope: trio.CancelScope) -> None:
         with scope:
             await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
+
+    def _refused_no_fd(self) -> None:
+        self.metrics.fd_refusals += 1
 
     def shutdown(self) -> None:
         """Begin a graceful shutdown (idempotent)."""
@@ -369,6 +377,8 @@ class Server:
         yield labelled_counter("tickwire_refused_connections", "WebSocket handshakes turned "
                                "away after the upgrade, by error code", "code",
                                self.metrics.refused)
+        yield counter("tickwire_fd_refusals", "Clients answered 503 because the process had "
+                      "no file descriptor left for them", self.metrics.fd_refusals)
         yield labelled_counter("tickwire_http_responses", "Plain HTTP responses by status",
                                "status", m.http_requests)
         yield counter("tickwire_messages_sent", "Frames written to clients", m.frames_sent)

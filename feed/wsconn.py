@@ -44,7 +44,7 @@ from wsproto.events import (
 
 from feed.metrics import Metrics
 from feed.outbox import Kind, Outbox
-from feed.session import CLOSE_INTERNAL_ERROR, CLOSE_TOO_BIG, State
+from feed.session import CLOSE_INTERNAL_ERROR, CLOSE_POLICY, CLOSE_TOO_BIG, State
 
 Clock = Callable[[], int]
 log = logging.getLogger("tickwire.connection")
@@ -74,6 +74,7 @@ class Peer(Protocol):
 @dataclass(frozen=True, slots=True)
 class ConnectionLimits:
     max_message_bytes: int = 64 * 1024
+    max_fragments: int = 1024
     heartbeat_s: float = 1.0
     ping_interval_s: float = 20.0
     pong_timeout_s: float = 20.0
@@ -186,9 +187,11 @@ class WebSocketConnection:
     async def _reader(self, connection_scope: trio.CancelScope) -> None:
         parts: list[bytes | str] = []
         size = 0
+        frames = 0  # frames of the message under way (empty ones cost no bytes)
         ws = self.ws
         session = self.session
         limit = self.limits.max_message_bytes
+        max_frames = self.limits.max_fragments
         try:
             while True:
                 data = await self.stream.receive_some(self.limits.read_bytes)
@@ -207,11 +210,16 @@ class WebSocketConnection:
                             session.close(CLOSE_TOO_BIG, "message too big")
                             parts.clear()
                             continue
+                        frames += event.frame_finished
+                        if frames > max_frames:
+                            session.close(CLOSE_POLICY, "too many fragments in one message")
+                            parts.clear()
+                            continue
                         parts.append(chunk)
                         if event.message_finished:
                             message = _join(parts, isinstance(event, TextMessage))
                             parts.clear()
-                            size = 0
+                            size = frames = 0
                             self._handle(message)
                     elif isinstance(event, Ping):
                         if ws.state is ConnectionState.OPEN:  # no pong after our close

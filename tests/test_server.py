@@ -525,3 +525,50 @@ async def test_a_ping_flood_gets_a_burst_of_pongs_then_close_1008(server: Server
         assert struct.unpack("!H", frames[-1][1][:2])[0] == 1008
         server.hub.apply(Trade("BTC", 6, "100", "1", "buy", 1, 1), server.clock())
         assert (await bystander.receive())["trade_id"] == 6
+
+
+async def raw_websocket(url: str) -> trio.SocketStream:
+    """A TCP connection upgraded to WebSocket by hand (no extension)."""
+    host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    await stream.send_all(UPGRADE % (b"/v1/stream", b"13"))
+    head = b""
+    with trio.fail_after(5):
+        while b"\r\n\r\n" not in head:
+            head += await stream.receive_some(1)
+    assert head.startswith(b"HTTP/1.1 101")
+    return stream
+
+
+async def read_to_end(stream: trio.SocketStream) -> list[tuple[int, bytes]]:
+    data = b""
+    with trio.fail_after(5):
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    return server_frames(data)
+
+
+@pytest.mark.parametrize(("frames", "closed"), [(1024, None), (1025, 1008)])
+async def test_a_message_in_too_many_fragments_closes_1008(server: Server, frames: int,
+                                                           closed: int | None) -> None:
+    """Empty continuation frames cost no bytes: the fragment cap bounds them."""
+    limit = server.config.server.max_fragments
+    assert limit == 1024
+    request = b'{"op": "ping", "id": 7}'
+    pieces = [fuzz_frame(0x1, request, fin=False)]
+    pieces += [fuzz_frame(0x0, b"", fin=False)] * (frames - 2)
+    pieces.append(fuzz_frame(0x0, b"", fin=True))
+    stream = await raw_websocket(server.url)  # type: ignore[attr-defined]
+    async with stream:
+        await stream.send_all(b"".join(pieces))
+        if closed is None:  # served: the reply, then our close is answered
+            with trio.fail_after(5):
+                reply = await stream.receive_some(65536)
+            opcode, _, payload = frame_payload(reply)
+            message = orjson.loads(payload)
+            assert opcode == 0x2 and (message["type"], message["id"]) == ("pong", 7)
+            await stream.send_all(fuzz_frame(0x8, struct.pack("!H", 1000)))
+            closed = 1000
+        got = await read_to_end(stream)
+    assert [opcode for opcode, _ in got] == [0x8]
+    assert struct.unpack("!H", got[0][1][:2])[0] == closed
