@@ -8,10 +8,16 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import trio
 
+from clients.book import ClientBook
 from clients.client import connect
+from clients.messages import BookSnapshot as BookSnapshotMessage
+from clients.messages import BookUpdate as BookUpdateMessage
+from clients.messages import Trade as TradeMessage
+from clients.messages import parse_message
 from tests.helpers import read_until_closed
 
 
@@ -81,3 +87,71 @@ async def test_echo_sends_messages_back() -> None:
         process.send_signal(signal.SIGINT)
         with trio.fail_after(3):
             assert await process.wait() == 0
+
+
+async def test_sigterm_in_the_middle_of_a_burst_gives_every_client_shutdown_and_1001(
+) -> None:
+    """A feed in full flow, four clients checking every book message and trade, two
+    more that have read nothing since they subscribed (their data waits in the socket
+    and the outbox): on SIGTERM each gets everything queued for it, unbroken, then the
+    ``shutdown`` notice and close 1001, and the process exits 0."""
+    async with tickwire("serve", "--port", "0", "--synthetic", "1000", "--symbols", "4") as (
+            process, url):
+        outcomes: dict[int, tuple[list[dict[str, Any]], int]] = {}
+        subscribed = trio.Semaphore(0)
+        flowing = trio.Semaphore(0)
+        stop_reading = trio.Event()
+
+        async def client(index: int, stalls: bool) -> None:
+            async with connect(url) as conn:
+                await conn.subscribe("book", SYMBOLS, depth=10)
+                await conn.subscribe("trades", SYMBOLS)
+                subscribed.release()
+                received: list[dict[str, Any]] = []
+                if stalls:
+                    await stop_reading.wait()  # SIGTERM comes while it reads nothing
+                else:
+                    while len(received) < 500:  # the burst is under way
+                        received.append(await conn.receive())
+                    flowing.release()
+                rest, code = await read_until_closed(conn)
+                outcomes[index] = received + rest, code
+
+        async with trio.open_nursery() as nursery:
+            for i in range(6):
+                nursery.start_soon(client, i, i >= 4)
+            with trio.fail_after(10):
+                for _ in range(6):
+                    await subscribed.acquire()
+                for _ in range(4):
+                    await flowing.acquire()
+            process.send_signal(signal.SIGTERM)
+            stop_reading.set()
+            with trio.fail_after(5):
+                assert await process.wait() == 0
+        for index, (received, code) in sorted(outcomes.items()):
+            assert code == 1001, index
+            assert received[-1] == {"type": "notice", "code": "shutdown", "message":
+                                    "the server is stopping; reconnect elsewhere or later"}
+            follow_all(received)  # every book chain and checksum, every trade seq
+
+
+SYMBOLS = ["SYN-BTC", "SYN-ETH", "SYN-SOL", "SYN-XRP"]
+
+
+def follow_all(received: list[dict[str, Any]]) -> None:
+    """Check a client's whole stream: book chains and checksums, trades one by one."""
+    books: dict[str, ClientBook] = {}
+    trades: dict[str, int] = {}
+    for message in received:
+        parsed = parse_message(message)
+        if isinstance(parsed, BookSnapshotMessage):
+            books.setdefault(parsed.symbol, ClientBook(parsed.symbol, 10)).apply_snapshot(
+                parsed)
+        elif isinstance(parsed, BookUpdateMessage):
+            books[parsed.symbol].apply_update(parsed)
+        elif isinstance(parsed, TradeMessage):
+            if parsed.symbol in trades:
+                assert parsed.seq == trades[parsed.symbol] + 1
+            trades[parsed.symbol] = parsed.seq
+    assert set(books) == set(SYMBOLS)
