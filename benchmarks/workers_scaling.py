@@ -150,6 +150,9 @@ def run_one(workers: int, args: argparse.Namespace) -> dict[str, float]:
             server.wait()
     messages = sum(sent1[w][0] - sent0[w][0] for w in sent1)
     sent_bytes = sum(sent1[w][1] - sent0[w][1] for w in sent1)
+    if received < 0.95 * sent_bytes:  # the two windows are a /metrics round trip apart
+        raise RuntimeError(f"the sink read {received:,} bytes of the {sent_bytes:,.0f} the "
+                           "workers say they sent: the figures do not agree")
     return {
         "workers": workers, "msg_s": messages / elapsed, "bytes_s": sent_bytes / elapsed,
         "received_bytes_s": received / elapsed,

@@ -98,12 +98,16 @@ def load_keys(path: Path) -> KeyRing:
     if not isinstance(entries, list) or len(entries) > MAX_KEYS:
         raise AccessError(f"{path}: [[key]] must be a list of at most {MAX_KEYS} tables")
     grants: dict[str, Grant] = {}
+    names: set[str] = set()
     for number, entry in enumerate(entries, 1):
         digest, grant = _entry(entry, f"{path}: key {number}")
         if digest in grants:
             raise AccessError(f"{path}: key {number} ({grant.name}) repeats the sha256 of "
                               f"{grants[digest].name}")
+        if grant.name in names:  # connections are counted per name
+            raise AccessError(f"{path}: key {number} repeats the name {grant.name!r}")
         grants[digest] = grant
+        names.add(grant.name)
     return KeyRing(grants)
 
 
@@ -153,7 +157,9 @@ def presented_key(headers: Mapping[str, str], target: str) -> str | None:
         scheme, _, key = authorization.strip().partition(" ")
         return key.strip() if scheme.lower() == "bearer" else ""
     _, _, query = target.partition("?")
-    tokens = parse_qs(query, keep_blank_values=True, max_num_fields=64).get("token")
+    # No max_num_fields: it raises past its count, and the request head is bounded
+    # already (server.max_handshake_bytes).
+    tokens = parse_qs(query, keep_blank_values=True).get("token")
     if tokens is None:
         return None
     return tokens[0]

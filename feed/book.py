@@ -4,7 +4,7 @@ Each side keeps its levels in a dict keyed by the canonical price string (``size
 Applying an event is a dict update per level and nothing more: the price order is
 kept lazily. A side remembers the prices added or removed since it was last sorted
 and folds them into its sorted index (a bisect per price) only when someone asks for
-an ordered view (``top``, ``best``, ``key_at``). A replay with no subscriber never pays
+an ordered view (``top``, ``best``; ``key_at`` for tests). A replay with no subscriber never pays
 for order at all; a side whose pending changes outgrow its size is simply sorted
 again from its dict on the next read, so the pending list is bounded.
 
@@ -68,12 +68,8 @@ class BookSide:
             return any(float(p) >= limit for p in prices)
         return any(float(p) <= limit for p in prices)
 
-    def set(self, price: str, size: str) -> None:
-        """Set a level's size (``"0"`` removes it)."""
-        self.apply(((price, size),))
-
     def apply(self, levels: Sequence[Level]) -> None:
-        """Set every level of an event, in order (``set`` for each, inlined)."""
+        """Set every level of an event, in order (size ``"0"`` removes the level)."""
         sizes = self.sizes
         pending = self._pending
         for price, size in levels:

@@ -74,14 +74,17 @@ class _Remembered(dict[str, str]):
 
     def __missing__(self, text: str) -> str:
         spelled = canonical(text)
-        if len(self) >= REMEMBERED_MAX:
-            self.clear()
-        self[text] = spelled
+        if len(text) <= REMEMBERED_LEN:
+            if len(self) >= REMEMBERED_MAX:
+                self.clear()
+            self[text] = spelled
         return spelled
 
 
 REMEMBERED_MAX = 1 << 17
-"""``canonical_cached`` remembers at most this many strings (about 20 MB)."""
+REMEMBERED_LEN = 32
+"""``canonical_cached`` remembers at most ``REMEMBERED_MAX`` strings of at most
+``REMEMBERED_LEN`` characters (some 30 MB at most); longer ones are checked each time."""
 _REMEMBERED = _Remembered()
 canonical_cached: Callable[[str], str] = _REMEMBERED.__getitem__
 """``canonical``, remembered: for readers of market data."""

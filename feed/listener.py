@@ -4,7 +4,8 @@ When ``accept`` fails with ``EMFILE`` (or ``ENFILE``), trio's ``serve_listeners`
 and retries every 100 ms, and meanwhile the client waits in the kernel's backlog with
 no answer. ``ReserveListener`` keeps one descriptor in reserve (``/dev/null``): out of
 descriptors, it gives the reserve up, accepts the waiting client, answers it
-``HTTP/1.1 503`` and closes it, then takes the reserve back. The client learns at once
+``HTTP/1.1 503`` (on a TLS port: nothing, plain text would be garbage) and closes it,
+then takes the reserve back. The client learns at once
 that the server is full, and the server keeps serving the connections it has. When the
 reserve cannot be taken back (another part of the process took the descriptor), the
 error goes to ``serve_listeners`` as before until it can.
@@ -31,14 +32,17 @@ REFUSAL_TIMEOUT_S = 0.5
 
 class ReserveListener(trio.abc.Listener[trio.SocketStream]):
     """``listener``, answering 503 when there is no descriptor for a new client;
-    ``on_refused`` is called for each client so refused."""
+    ``on_refused`` is called for each client so refused. With ``answer`` false (a TLS
+    port, where plain text would be garbage) the client is closed without a word."""
 
     def __init__(self, listener: trio.SocketListener,
-                 on_refused: Callable[[], None] = lambda: None) -> None:
+                 on_refused: Callable[[], None] = lambda: None, *, answer: bool = True) -> None:
         self.listener = listener
         self.socket = listener.socket
         self._on_refused = on_refused
+        self._answer = answer
         self._reserve = _take_reserve()
+        self.refused = 0
 
     async def accept(self) -> trio.SocketStream:
         while True:
@@ -58,13 +62,20 @@ class ReserveListener(trio.abc.Listener[trio.SocketStream]):
         stream = await self.listener.accept()  # OSError: the descriptor went elsewhere
         try:
             with trio.move_on_after(REFUSAL_TIMEOUT_S):
-                await stream.send_all(REFUSAL)
+                if self._answer:
+                    await stream.send_all(REFUSAL)
+                # Half-close, then take what the client sent: closing with its request
+                # unread would reset the connection, and the reset can destroy the 503.
+                await stream.send_eof()
+                await stream.receive_some(16384)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
             await trio.aclose_forcefully(stream)
         self._on_refused()
-        log.warning("out of file descriptors: a client was answered 503")
+        self.refused += 1
+        if self.refused & (self.refused - 1) == 0:  # 1st, 2nd, 4th, 8th...: no log flood
+            log.warning("out of file descriptors: %d client(s) refused so far", self.refused)
 
     async def aclose(self) -> None:
         if self._reserve is not None:

@@ -113,6 +113,7 @@ class Server:
         self.tls = server_context(config.tls)
         """For ``wss://`` (``ConfigError`` from the constructor when a file is bad)."""
         self._per_address: dict[str, int] = {}
+        self._websockets = 0  # WebSocket connections, from the upgrade to the end
         self._per_key: dict[str, int] = {}
         self.feed_health = FeedHealth(config.feed.stale_after_ms / 1000)
         """The feed's state and silence, kept by the ingester, read by ``/healthz``."""
@@ -153,7 +154,8 @@ class Server:
             server = self.config.server
             listeners = await trio.open_tcp_listeners(server.port, host=server.host)
         sockname = listeners[0].socket.getsockname()
-        reserved = [ReserveListener(listener, self._refused_no_fd) for listener in listeners]
+        reserved = [ReserveListener(listener, self._refused_no_fd, answer=self.tls is None)
+                    for listener in listeners]
         serving: list[trio.abc.Listener[trio.abc.Stream]] = [*reserved]
         if self.tls is not None:  # the TLS handshake is done under the handshake deadline
             serving = [trio.SSLListener(listener, self.tls) for listener in reserved]
@@ -265,7 +267,7 @@ class Server:
         if not self.echo and not origin_allowed(request.headers.get("origin"), access.origins):
             await self._reply(stream, 403, b"this Origin may not connect\n")
             return
-        if len(self.sessions) >= self.config.server.max_connections:
+        if self._websockets >= self.config.server.max_connections:  # upgrading ones too
             await self._reply(stream, 503, b"too many connections\n")
             return
         address = _peer_address(stream)
@@ -274,9 +276,11 @@ class Server:
             await self._reply(stream, 429, b"too many connections from this address\n")
             return
         self._per_address[address] = held + 1
+        self._websockets += 1
         try:
             await self._upgrade(stream, request)
         finally:
+            self._websockets -= 1
             _release(self._per_address, address)
 
     def _admit(self, request: HttpRequest) -> tuple[Grant | None, str, str]:

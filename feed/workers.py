@@ -387,7 +387,11 @@ async def _serve(plan: WorkerPlan, pipe: PipeEnd) -> None:
     async def feed(server: Server) -> None:
         for symbol in source.symbols():  # subscribable while the feed gets ready
             server.hub.add_symbol(symbol)
-        await source.prepare()
+        try:
+            await source.prepare()
+        except Exception:  # the ingester prepares it again and reports a failure (503
+            # failed, retried with a backoff) as one process does: this worker stays up
+            log.exception("feed: the source could not be made ready; the ingester retries")
         await listening.wait()  # the parent hears Listening first
         _send(pipe, FeedReady(plan.index))
         await started.wait()

@@ -26,6 +26,12 @@ if TYPE_CHECKING:
 
 Level = tuple[str, str]
 
+REAL_SOCKETS_S = 0.005
+"""For virtual-clock tests over real loopback sockets: the real time every task must
+have been waiting before the clock jumps (``autojump_clock.autojump_threshold``). A
+jump while bytes are still on their way would fire a deadline early (trio's MockClock
+docs); 5 ms per jump keeps such tests fast."""
+
 
 def frame_payload(frame: bytes) -> tuple[int, bool, bytes]:
     """(opcode, compressed, payload) of one unmasked server frame."""

@@ -86,12 +86,21 @@ def test_a_repeated_key_is_refused(tmp_path: Path) -> None:
         load_keys(Path(keys_file(tmp_path, entry + entry.replace('"a"', '"b"'))))
 
 
+def test_a_repeated_name_is_refused(tmp_path: Path) -> None:
+    """Connections are counted per key name: two keys may not share one."""
+    entries = "".join(f'[[key]]\nname = "a"\nsha256 = "{digit * 64}"\n' for digit in "12")
+    with pytest.raises(AccessError, match="key 2 repeats the name 'a'"):
+        load_keys(Path(keys_file(tmp_path, entries)))
+
+
 def test_where_a_handshake_presents_its_key() -> None:
     assert presented_key({"authorization": "Bearer k1"}, "/v1/stream?token=k2") == "k1"
     assert presented_key({"authorization": "bearer  k1 "}, "/v1/stream") == "k1"
     assert presented_key({}, "/v1/stream?depth=1&token=k%2B2") == "k+2"
     assert presented_key({"authorization": "Basic dXNlcg=="}, "/v1/stream") == ""
     assert presented_key({}, "/v1/stream") is None
+    many = "&".join(f"f{i}=1" for i in range(500))
+    assert presented_key({}, f"/v1/stream?{many}&token=k3") == "k3"
 
 
 def test_origins() -> None:
@@ -205,16 +214,18 @@ async def test_only_allowed_origins_may_connect(nursery: trio.Nursery) -> None:
         assert await pong(conn)
 
 
-async def test_connections_per_address_are_limited(nursery: trio.Nursery) -> None:
-    _, url = await start(nursery, **{"access.max_connections_per_address": 2})
+@pytest.mark.parametrize(("setting", "status"), [
+    ("access.max_connections_per_address", 429), ("server.max_connections", 503)])
+async def test_connection_limits_answer_their_status(nursery: trio.Nursery, setting: str,
+                                                     status: int) -> None:
+    _, url = await start(nursery, **{setting: 2})
     async with connect(url) as first, connect(url) as second:
         with pytest.raises(HandshakeRejected) as refused:
             async with connect(url):
                 pass
-        assert refused.value.status == 429
-        assert await pong(first)
-        assert await pong(second)
-    async with connect(url) as again:
+        assert refused.value.status == status
+        assert await pong(first) and await pong(second)
+    async with connect(url) as again:  # the two above are gone: room again
         assert await pong(again)
 
 
@@ -235,3 +246,15 @@ def test_keys_new_prints_a_key_and_an_entry_that_loads(tmp_path: Path) -> None:
     ring = load_keys(Path(keys_file(tmp_path, done.stdout)))
     assert ring.grant_for(key) == Grant("carol", frozenset({"BTC", "ETH"}),
                                         frozenset({"trades"}), 3)
+
+
+async def test_a_query_of_many_fields_is_an_ordinary_unknown_key(nursery: trio.Nursery,
+                                                                 tmp_path: Path) -> None:
+    """The query is parsed after the 101: a long one must not break the connection."""
+    _, url = await keyed(nursery, tmp_path)
+    many = "&".join(f"f{i}=1" for i in range(100))
+    async with connect(f"{url}?{many}&token=nope") as conn:
+        with trio.fail_after(2):
+            received, code = await read_until_closed(conn)
+    assert code == 1008
+    assert received == [{"type": "error", "code": "unauthorized", "message": "unknown API key"}]

@@ -13,6 +13,7 @@ from wsproto.events import CloseConnection, Ping, TextMessage
 
 from clients.client import connect
 from feed.events import Trade
+from tests.helpers import REAL_SOCKETS_S
 from tests.test_server import next_of, open_raw, start
 
 PING_S = 20.0  # the defaults
@@ -26,6 +27,7 @@ async def send_request(stream: trio.SocketStream, ws: WSConnection,
 
 async def test_a_peer_that_answers_no_ping_is_closed_1011_and_freed(
         nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock.autojump_threshold = REAL_SOCKETS_S
     server, url = await start(nursery)
     trades = 70
     async with connect(url) as bystander:
@@ -77,6 +79,7 @@ async def test_a_peer_that_answers_no_ping_is_closed_1011_and_freed(
 
 async def test_a_healthy_idle_subscriber_on_a_quiet_symbol_stays_connected(
         nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock.autojump_threshold = REAL_SOCKETS_S
     server, url = await start(nursery)
     async with connect(url) as conn:  # the reference client answers pings by itself
         await conn.subscribe("book", ["ETH"])
@@ -97,6 +100,7 @@ async def test_a_dead_peer_behind_a_full_socket_is_closed_too(
         nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
     """A peer that stopped reading with its socket full: the Ping cannot even reach it,
     and the blocked write ends at the pong deadline."""
+    autojump_clock.autojump_threshold = REAL_SOCKETS_S
     server, url = await start(nursery, **{"client.max_queued_bytes": 64 << 20,
                                           "client.max_queue_age_ms": 3_600_000,
                                           "client.max_behind_ms": 3_600_000})

@@ -20,6 +20,7 @@ from clients.client import Endpoint, connect
 from feed.config import ConfigError, TlsConfig
 from feed.server import Server
 from feed.tls import server_context
+from tests.helpers import REAL_SOCKETS_S
 from tests.test_server import follow_book, make_server
 from tests.test_workers import tickwire
 
@@ -101,6 +102,7 @@ async def test_a_stalled_tls_handshake_is_dropped_at_the_deadline(
         autojump_clock: trio.testing.MockClock, stall: str) -> None:
     """Slowloris over TLS: the TLS handshake and the request head share the
     ``server.handshake_timeout_ms`` deadline (5 s)."""
+    autojump_clock.autojump_threshold = REAL_SOCKETS_S
     server, url = await start_tls(nursery, tls_files)
     endpoint = Endpoint.parse(url)
     begun = trio.current_time()

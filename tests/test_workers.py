@@ -145,6 +145,16 @@ async def test_a_replay_read_up_to_its_start_is_not_read_again(tmp_path: Path) -
 # -- the shared port -------------------------------------------------------------------
 
 
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
 async def test_every_address_of_the_host_gets_the_one_port(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A host that resolves to several addresses: each is reserved, and listened on by
