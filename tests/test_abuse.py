@@ -15,10 +15,10 @@ from clients.messages import BookSnapshot, BookUpdate, parse_message
 from feed.events import BookDelta, Trade
 from feed.server import Server
 from tests.fuzz_ws import bomb, frame
-from tests.test_server import UPGRADE, make_server, server_frames
+from tests.test_server import make_server, raw_upgrade, server_frames
 
 TEXT, BINARY, CLOSE, PING = 0x1, 0x2, 0x8, 0x9
-DEFLATE_OFFER = b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+DEFLATE_OFFER = b"Sec-WebSocket-Extensions: permessage-deflate\r\n"
 
 
 def abuse_bytes(kind: str) -> tuple[bytes, bool]:
@@ -60,21 +60,12 @@ async def served(nursery: trio.Nursery) -> AsyncIterator[tuple[Server, str]]:
 async def test_abuse_is_closed_with_its_code_and_a_bystander_misses_nothing(
         served: tuple[Server, str], kind: str) -> None:
     server, url = served
-    host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
     payload, deflate = abuse_bytes(kind)
     async with connect(url) as bystander:
         await bystander.subscribe("trades", ["BTC"])
         await bystander.subscribe("book", ["BTC"], depth=5)
-        attacker = await trio.open_tcp_stream(host, int(port))
+        attacker, head = await raw_upgrade(url, DEFLATE_OFFER if deflate else b"")
         async with attacker:
-            request = UPGRADE % (b"/v1/stream", b"13")
-            if deflate:
-                request = request[:-2] + DEFLATE_OFFER
-            await attacker.send_all(request)
-            head = b""
-            with trio.fail_after(5):
-                while b"\r\n\r\n" not in head:
-                    head += await attacker.receive_some(1)
             assert head.startswith(b"HTTP/1.1 101")
             assert (b"permessage-deflate" in head) == deflate
 

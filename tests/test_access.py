@@ -24,7 +24,7 @@ from feed.access import (
 from feed.config import load_config
 from feed.events import Trade
 from tests.helpers import read_until_closed
-from tests.test_server import raw_request, start
+from tests.test_server import raw_upgrade, start
 
 ROOT = Path(__file__).resolve().parent.parent
 ALICE, BOB = "alice-secret-key", "bob-secret-key"
@@ -199,15 +199,12 @@ async def test_a_key_at_its_connection_limit_is_refused(nursery: trio.Nursery,
         assert await pong(again)
 
 
-UPGRADE = (b"GET /v1/stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n%s\r\n")
-
-
 async def test_only_allowed_origins_may_connect(nursery: trio.Nursery) -> None:
     _, url = await start(nursery, **{"access.origins": ["https://app.example.com"]})
     with trio.fail_after(2):
-        assert await raw_request(url, UPGRADE % b"Origin: https://evil.example.net\r\n") == \
-            b"HTTP/1.1 403 Forbidden"
+        stream, head = await raw_upgrade(url, b"Origin: https://evil.example.net\r\n")
+    await stream.aclose()
+    assert head.startswith(b"HTTP/1.1 403 Forbidden\r\n")
     async with connect(url, headers=[("Origin", "https://app.example.com")]) as conn:
         assert await pong(conn)
     async with connect(url) as conn:  # no Origin: not a browser

@@ -15,6 +15,7 @@ import trio
 
 from clients.client import connect
 from clients.errors import HandshakeRejected
+from tests.test_server import raw_upgrade
 
 ROOT = Path(__file__).resolve().parent.parent
 FD_LIMIT = 48
@@ -46,23 +47,6 @@ def server_with_few_descriptors() -> Iterator[tuple[subprocess.Popen[str], str]]
                 pipe.close()
 
 
-async def raw_upgrade(url: str) -> tuple[trio.SocketStream, bytes]:
-    """Open a TCP connection, send a WebSocket upgrade, return the answer's first line."""
-    host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
-    stream = await trio.open_tcp_stream(host, int(port))
-    await stream.send_all(b"GET /v1/stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                          b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                          b"Sec-WebSocket-Version: 13\r\n\r\n")
-    answer = b""
-    with trio.fail_after(5):
-        while b"\r\n" not in answer:
-            chunk = await stream.receive_some(4096)
-            if not chunk:
-                break
-            answer += chunk
-    return stream, answer.split(b"\r\n", 1)[0]
-
-
 async def test_out_of_descriptors_clients_get_503_and_the_others_are_served() -> None:
     with server_with_few_descriptors() as (process, url):
         async with connect(url) as bystander:
@@ -72,7 +56,8 @@ async def test_out_of_descriptors_clients_get_503_and_the_others_are_served() ->
             refused = None
             try:
                 for _ in range(FD_LIMIT):  # each upgraded connection takes one descriptor
-                    stream, status = await raw_upgrade(url)
+                    stream, head = await raw_upgrade(url)
+                    status = head.split(b"\r\n", 1)[0]
                     if status != b"HTTP/1.1 101 Switching Protocols":
                         refused = status
                         await stream.aclose()

@@ -387,8 +387,8 @@ async def open_raw(url: str, extensions: list[Extension] | None = None,
                    ) -> tuple[trio.SocketStream, WSConnection]:
     """A WebSocket connection by hand: the stream and a wsproto client that does
     nothing (answers no ping, no close) unless told to."""
-    host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
-    stream = await trio.open_tcp_stream(host, int(port))
+    host = url.split("//")[1].split("/")[0].rsplit(":", 1)[0]
+    stream = await tcp_to(url)
     ws = WSConnection(ConnectionType.CLIENT)
     await stream.send_all(ws.send(Request(host=host, target="/v1/stream",
                                           extensions=extensions or [])))
@@ -399,8 +399,7 @@ async def open_raw(url: str, extensions: list[Extension] | None = None,
 
 async def raw_request(url: str, data: bytes) -> bytes:
     """Send raw bytes; return the status line of the answer."""
-    host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
-    stream = await trio.open_tcp_stream(host, int(port))
+    stream = await tcp_to(url)
     async with stream:
         await stream.send_all(data)
         answer = b""
@@ -411,6 +410,25 @@ async def raw_request(url: str, data: bytes) -> bytes:
 
 UPGRADE = (b"GET %s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: %s\r\n\r\n")
+
+
+async def tcp_to(url: str) -> trio.SocketStream:
+    """A TCP connection to the server of ``url``."""
+    host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
+    return await trio.open_tcp_stream(host, int(port))
+
+
+async def raw_upgrade(url: str, headers: bytes = b"") -> tuple[trio.SocketStream, bytes]:
+    """A WebSocket upgrade of ``/v1/stream`` sent by hand, with ``headers`` (whole lines)
+    added: the stream and the answer's head, read a byte at a time so that no frame
+    after it is taken (the head is cut short if the server closes first)."""
+    stream = await tcp_to(url)
+    await stream.send_all((UPGRADE % (b"/v1/stream", b"13"))[:-2] + headers + b"\r\n")
+    head = b""
+    with trio.fail_after(5):
+        while b"\r\n\r\n" not in head and (byte := await stream.receive_some(1)):
+            head += byte
+    return stream, head
 
 
 @pytest.mark.parametrize(
@@ -469,8 +487,7 @@ async def test_a_thousand_clients_vanishing_at_once_leave_no_task_behind(
         before, descriptors = tasks(), len(os.listdir("/proc/self/fd"))
         streams = []
         for _ in range(1000):
-            stream = await trio.open_tcp_stream("127.0.0.1", int(url.rsplit(":", 1)[1]
-                                                                 .split("/")[0]))
+            stream = await tcp_to(url)
             await stream.send_all(UPGRADE % (b"/v1/stream", b"13"))
             streams.append(stream)
         with trio.fail_after(10):
@@ -510,18 +527,10 @@ async def test_a_ping_flood_gets_a_burst_of_pongs_then_close_1008(server: Server
     async with connect(url) as bystander:
         await bystander.subscribe("trades", ["BTC"])
         await bystander.receive()
-        host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
-        stream = await trio.open_tcp_stream(host, int(port))
+        stream = await raw_websocket(url)
         async with stream:
-            await stream.send_all(UPGRADE % (b"/v1/stream", b"13"))
-            received = b""
-            with trio.fail_after(5):
-                while b"\r\n\r\n" not in received:
-                    received += await stream.receive_some(65536)
-                await stream.send_all(fuzz_frame(0x9, b"ping") * (20 * burst))
-                while chunk := await stream.receive_some(65536):
-                    received += chunk
-        frames = server_frames(received.partition(b"\r\n\r\n")[2])
+            await stream.send_all(fuzz_frame(0x9, b"ping") * (20 * burst))
+            frames = await read_to_end(stream)
         pongs = [payload for opcode, payload in frames if opcode == 0xA]
         assert burst <= len(pongs) <= burst + 2 and set(pongs) == {b"ping"}
         assert frames[-1][0] == 0x8
@@ -532,13 +541,7 @@ async def test_a_ping_flood_gets_a_burst_of_pongs_then_close_1008(server: Server
 
 async def raw_websocket(url: str) -> trio.SocketStream:
     """A TCP connection upgraded to WebSocket by hand (no extension)."""
-    host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
-    stream = await trio.open_tcp_stream(host, int(port))
-    await stream.send_all(UPGRADE % (b"/v1/stream", b"13"))
-    head = b""
-    with trio.fail_after(5):
-        while b"\r\n\r\n" not in head:
-            head += await stream.receive_some(1)
+    stream, head = await raw_upgrade(url)
     assert head.startswith(b"HTTP/1.1 101")
     return stream
 
