@@ -20,7 +20,7 @@ import tracemalloc
 
 import trio
 
-from benchmarks.soak import Tally, churner, stalled
+from benchmarks.soak import Tally, churn, stalled
 from feed.config import Config
 from feed.ingest import SyntheticSource, run_ingester
 from feed.server import Server
@@ -42,14 +42,7 @@ async def trace(args: argparse.Namespace) -> None:
         rng = random.Random(1)
         for _ in range(args.stalled):
             nursery.start_soon(stalled, url, symbols, tally)
-
-        async def churn() -> None:
-            async with trio.open_nursery() as churning:
-                while True:
-                    churning.start_soon(churner, url, symbols, tally, rng)
-                    await trio.sleep(rng.expovariate(args.churn))
-
-        nursery.start_soon(churn)
+        nursery.start_soon(churn, url, symbols, tally, rng, args.churn)
         await trio.sleep(args.settle)
         gc.collect()
         first, churned = tracemalloc.take_snapshot(), tally.churned

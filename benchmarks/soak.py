@@ -110,6 +110,16 @@ async def churner(url: str, symbols: list[str], tally: Tally, rng: random.Random
     tally.churned += 1
 
 
+async def churn(url: str, symbols: list[str], tally: Tally, rng: random.Random,
+                rate: float) -> None:
+    """Start a ``churner`` ``rate`` times a second on average (Poisson), until cancelled.
+    Each lives at most a few seconds, so about ``5 * rate`` are alive at once at most."""
+    async with trio.open_nursery() as churning:
+        while True:
+            churning.start_soon(churner, url, symbols, tally, rng)
+            await trio.sleep(rng.expovariate(rate))
+
+
 async def stalled(url: str, symbols: list[str], tally: Tally) -> None:
     """Subscribe to everything and read nothing for ``STALL_S``, longer than the server
     lets a client stay behind (``client.max_behind_ms``, 10 s); then read what is left
@@ -155,14 +165,7 @@ async def soak(args: argparse.Namespace) -> int:
                 nursery.start_soon(well_behaved, server.url, symbols, tally, i)
             for _ in range(args.stalled):
                 nursery.start_soon(stalled, server.url, symbols, tally)
-
-            async def churn() -> None:
-                async with trio.open_nursery() as churning:
-                    while True:
-                        churning.start_soon(churner, server.url, symbols, tally, rng)
-                        await trio.sleep(rng.expovariate(args.churn))
-
-            nursery.start_soon(churn)
+            nursery.start_soon(churn, server.url, symbols, tally, rng, args.churn)
             print(f"soak: {server.url}, {args.duration:.0f} s, {args.clients} checked clients, "
                   f"{args.churn}/s churn, {args.stalled} stalled readers", flush=True)
             print("   t s   RSS MiB  connections  tasks  lag events  received  lost")
