@@ -53,12 +53,11 @@ import re
 import reprlib
 from collections.abc import Callable, Generator, Iterable
 from enum import Enum
-from functools import lru_cache
 from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 
-from feed.decimals import BadDecimal, canonical
+from feed.decimals import BadDecimal, canonical_cached
 from feed.events import Event, Gap
 
 from .binance import Step as Step  # the same steps as Binance's books take
@@ -74,8 +73,8 @@ _REPR = reprlib.Repr()
 _REPR.maxlevel = 3
 _REPR.maxlist = _REPR.maxdict = 6
 _REPR.maxstring = _REPR.maxother = SHOWN_CHARS
-decimal = lru_cache(maxsize=4096)(canonical)
-"""``feed.decimals.canonical``, remembered (a feed repeats the same prices and sizes)."""
+decimal = canonical_cached
+"""``feed.decimals.canonical``, remembered: the one cache every reader shares."""
 
 
 def shown(value: Any) -> str:
