@@ -45,6 +45,7 @@ from replay.window import window
 
 if TYPE_CHECKING:
     from feed.server import Server
+    from feed.wsconn import Flusher
 
 log = logging.getLogger("tickwire.feed")
 Clock = Callable[[], int]
@@ -291,9 +292,12 @@ async def _one_pass(server: Server, source: Source, start_ns: int | None) -> Pas
     applied = 0
     error: Exception | None = None
     # The published frames are handed out once per run of events between two awaits
-    # (feed/fanout.py); the run must end before every await.
+    # (feed/fanout.py), and the run's writes are made here too (feed/wsconn.py's
+    # Flusher); the run must end before every await.
     fanout = hub.fanout
+    flusher = server.flusher
     fanout.hold()
+    flusher.hold()
     try:
         for source_ns, event in source.events(start_wall):
             if first is None:
@@ -309,7 +313,8 @@ async def _one_pass(server: Server, source: Source, start_ns: int | None) -> Pas
                     if since_yield:
                         health.released(trio.current_time())
                     fanout.release()
-                    await trio.sleep_until(release)
+                    await _wait_for(release, flusher)
+                    flusher.hold()
                     fanout.hold()
                     since_yield = 0
                     late = 0.0
@@ -325,17 +330,29 @@ async def _one_pass(server: Server, source: Source, start_ns: int | None) -> Pas
             if since_yield >= CHECKPOINT_EVERY:
                 health.released(trio.current_time())
                 fanout.release()
+                flusher.release()
                 await trio.lowlevel.checkpoint()
+                flusher.hold()
                 fanout.hold()
                 since_yield = 0
     except Exception as exc:
         error = exc
     finally:
         fanout.release()
+        flusher.release()
     if since_yield:
         health.released(trio.current_time())
     _report(server, source)
     return PassResult(applied, stamp, error)
+
+
+async def _wait_for(release: float, flusher: Flusher) -> None:
+    """Wait until ``release`` (trio time), writing what the run before marked: the
+    flusher may have the ingester wake at the end of its rest first, to write then.
+    Events due during a rest are released with the pass at its end: they could not
+    be written sooner."""
+    while trio.current_time() < release:  # noqa: ASYNC110 (a timer, not a condition)
+        await trio.sleep_until(flusher.handover(release))
 
 
 def _failed(server: Server, source: Source, error: Exception) -> None:

@@ -28,6 +28,7 @@ session (``feed.wsframe``).
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,38 +85,79 @@ class ConnectionLimits:
 
 
 class Flusher:
-    """Writes every connection marked as having pending data, once per scheduler pass:
-    after the ingester has applied a batch of events and yields, one task writes all
-    the clients, instead of one task switch per client."""
+    """Writes every connection marked as having pending data, in passes: one pass
+    writes all the clients, instead of one task switch per client.
+
+    The ingester runs the passes itself (``hold``, then ``handover`` or ``release``
+    when its run of events ends), so a batch of feed events and its writes cost one
+    wake-up. Marks made outside the ingester's runs (replies, snapshots, conflated
+    groups) wake the flusher's own task (``run``).
+
+    Adaptive coalescing: after a pass that took long (many clients to write), no pass
+    starts for ``PAUSE_PER_PASS`` times as long (at most ``max_pause_s``), so that each
+    write carries more frames and the system calls per message fall as the load grows.
+    A pass over a few clients costs microseconds and is followed by no rest at all.
+    """
 
     def __init__(self, max_pause_s: float = 0.0) -> None:
         self._dirty: dict[WebSocketConnection, None] = {}
         self._wake = trio.Event()
+        self._held = False
         self.max_pause_s = max_pause_s
-        """Longest wait after a pass before the next (see ``run``)."""
+        """Longest rest after a pass."""
+        self.rest_until = -math.inf
+        """trio time before which no pass starts."""
 
     def mark(self, connection: WebSocketConnection) -> None:
-        if not self._dirty:
+        if not self._dirty and not self._held:
             self._wake.set()
         self._dirty[connection] = None
+
+    def hold(self) -> None:
+        """The ingester begins a run of events: it writes what they mark itself."""
+        self._held = True
+
+    def handover(self, next_at: float) -> float:
+        """The ingester's run ends and it will wait for its next event, due at
+        ``next_at`` (trio time). Writes what is pending unless resting; returns when
+        the ingester should wake: at its next event, or at the end of the rest when
+        that is later or something waits to be written (it writes it then)."""
+        self._held = False
+        if self._dirty and trio.current_time() >= self.rest_until:
+            self._pass()
+        if self._dirty or next_at < self.rest_until:
+            return self.rest_until
+        return next_at
+
+    def release(self) -> None:
+        """The ingester's run ends and it may not come back soon: writes what is
+        pending, or leaves it to the flusher's task while resting."""
+        self._held = False
+        if self._dirty:
+            if trio.current_time() >= self.rest_until:
+                self._pass()
+            else:
+                self._wake.set()
 
     async def run(self) -> None:
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
-            started = trio.current_time()
-            dirty, self._dirty = self._dirty, {}
-            for connection in dirty:
-                connection.flush_nowait()
-            # Adaptive coalescing: after a pass that took long (many clients to write),
-            # wait PAUSE_PER_PASS times as long (at most max_pause_s) before the next,
-            # so that each write carries more frames and the system calls per message
-            # fall as the load grows. A pass over a few clients costs microseconds and
-            # adds no delay worth the name.
-            if self.max_pause_s:
-                took = trio.current_time() - started
-                if took > MIN_PASS_TO_PAUSE_S:
-                    await trio.sleep(min(self.max_pause_s, took * PAUSE_PER_PASS))
+            if trio.current_time() < self.rest_until:
+                await trio.sleep_until(self.rest_until)
+            if self._dirty:  # the ingester may have written them meanwhile
+                self._pass()
+
+    def _pass(self) -> None:
+        began = trio.current_time()
+        dirty, self._dirty = self._dirty, {}
+        for connection in dirty:
+            connection.flush_nowait()
+        if self.max_pause_s:
+            took = trio.current_time() - began
+            if took > MIN_PASS_TO_PAUSE_S:
+                self.rest_until = began + took + min(self.max_pause_s,
+                                                     took * PAUSE_PER_PASS)
 
 
 class WebSocketConnection:

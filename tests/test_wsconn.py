@@ -155,3 +155,38 @@ async def test_the_flusher_waits_after_a_long_pass_and_not_after_a_short_one(
         # a pass of 3 ms would earn 9 ms: the wait is capped at max_pause_s
         assert await two_passes(0.003) == pytest.approx([0.0, 0.007])
         nursery.cancel_scope.cancel()
+
+
+async def test_the_ingester_writes_its_own_runs_and_respects_the_rest(
+        autojump_clock: trio.testing.MockClock) -> None:
+    flusher = Flusher(max_pause_s=0.004)
+    connection = TimedConnection(autojump_clock, 0.001)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flusher.run)
+        t0 = trio.current_time()
+        # What a run of events marks is not written by the flusher's task...
+        flusher.hold()
+        flusher.mark(connection)  # type: ignore[arg-type]
+        await trio.testing.wait_all_tasks_blocked()
+        assert connection.writes == []
+        # ...but when the run hands over: the pass takes 1 ms and earns 3 ms of rest,
+        # and the next event, due sooner, waits for the rest's end.
+        assert flusher.handover(t0 + 0.0002) == pytest.approx(t0 + 0.004)
+        assert connection.writes == [pytest.approx(t0)]
+        # During the rest a run's writes wait; the ingester is told to wake at its end.
+        flusher.hold()
+        flusher.mark(connection)  # type: ignore[arg-type]
+        assert flusher.handover(t0 + 0.010) == pytest.approx(t0 + 0.004)
+        assert len(connection.writes) == 1
+        await trio.sleep_until(t0 + 0.004)
+        # At the end of the rest the ingester writes, then waits for its event.
+        assert flusher.handover(t0 + 0.020) == pytest.approx(t0 + 0.020)
+        assert connection.writes[1] == pytest.approx(t0 + 0.004)
+        # A run ending without a next event (a checkpoint, the end of a pass) while
+        # resting leaves its writes to the flusher's task, at the rest's end.
+        flusher.hold()
+        flusher.mark(connection)  # type: ignore[arg-type]
+        flusher.release()
+        await trio.sleep(1)
+        assert connection.writes[2] == pytest.approx(t0 + 0.008)
+        nursery.cancel_scope.cancel()
