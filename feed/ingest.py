@@ -39,6 +39,7 @@ import trio
 from feed.events import Event, Gap
 from feed.hub import Hub
 from feed.synthetic import SyntheticMarket
+from feed.timer import PreciseTimer
 from replay.convert import describe
 from replay.sources import EventStream
 from replay.window import window
@@ -226,9 +227,10 @@ async def run_ingester(server: Server, source: Source, start_ns: int | None = No
     if server.recorder is not None:
         server.recorder.source = source.origin
     wait = RETRY_FIRST_S
+    timer = PreciseTimer()
     try:
         while True:
-            result = await _one_pass(server, source, start_ns)
+            result = await _one_pass(server, source, start_ns, timer)
             if start_ns is not None:
                 start_ns = result.end_ns
             if result.error is not None:
@@ -251,6 +253,7 @@ async def run_ingester(server: Server, source: Source, start_ns: int | None = No
                 break
     finally:
         source.close()
+        timer.close()
     health.end()
     server.broadcast_notice("replay_end", f"the replay ({source.name}) has ended")
     log.info("feed ended: %s", source.name)
@@ -266,7 +269,8 @@ class PassResult:
     error: Exception | None = None
 
 
-async def _one_pass(server: Server, source: Source, start_ns: int | None) -> PassResult:
+async def _one_pass(server: Server, source: Source, start_ns: int | None,
+                    timer: PreciseTimer) -> PassResult:
     """Release one pass of the source, starting at ``start_ns`` (None: now). An
     exception from the source (or from applying what it gave) ends the pass and is
     returned, not raised."""
@@ -313,7 +317,7 @@ async def _one_pass(server: Server, source: Source, start_ns: int | None) -> Pas
                     if since_yield:
                         health.released(trio.current_time())
                     fanout.release()
-                    await _wait_for(release, flusher)
+                    await _wait_for(release, flusher, timer)
                     flusher.hold()
                     fanout.hold()
                     since_yield = 0
@@ -346,13 +350,13 @@ async def _one_pass(server: Server, source: Source, start_ns: int | None) -> Pas
     return PassResult(applied, stamp, error)
 
 
-async def _wait_for(release: float, flusher: Flusher) -> None:
+async def _wait_for(release: float, flusher: Flusher, timer: PreciseTimer) -> None:
     """Wait until ``release`` (trio time), writing what the run before marked: the
     flusher may have the ingester wake at the end of its rest first, to write then.
     Events due during a rest are released with the pass at its end: they could not
     be written sooner."""
     while trio.current_time() < release:  # noqa: ASYNC110 (a timer, not a condition)
-        await trio.sleep_until(flusher.handover(release))
+        await timer.sleep_until(flusher.handover(release))
 
 
 def _failed(server: Server, source: Source, error: Exception) -> None:
