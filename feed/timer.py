@@ -114,8 +114,10 @@ class PreciseTimer:
         arm(fd, delay_ns)
         try:
             await trio.lowlevel.wait_readable(fd)
+        except BaseException:
+            arm(fd, 0)  # cancelled: disarm (a fired one-shot timer needs no disarming)
+            raise
         finally:
-            arm(fd, 0)
             try:
                 os.read(fd, 8)  # the expiration count: readable no more
             except BlockingIOError:
