@@ -25,11 +25,13 @@ Exceptions::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from orjson import JSONDecodeError as _JSONDecodeError
+from orjson import loads as _loads
 
 from feed.decimals import canonical_cached as _canonical
 from feed.decimals import canonical_levels
@@ -181,26 +183,32 @@ def decode_event(line: bytes) -> Event:
     size that is not a decimal number.
     """
     try:
-        obj = orjson.loads(line)
-    except orjson.JSONDecodeError:
+        obj = _loads(line)
+    except _JSONDecodeError:
         raise TickFormatError("not JSON") from None
-    if not isinstance(obj, dict):
+    if type(obj) is not dict:
         raise TickFormatError("not a JSON object")
-    kind = obj.get("t")
-    symbol = _str(obj, "s")
-    ts_event = _int(obj, "te")
-    ts_recv = _int(obj, "tr")
+    get: Callable[[str], Any] = obj.get  # values of any JSON type, checked below
+    kind = get("t")
+    symbol = get("s")
+    ts_event = get("te")
+    ts_recv = get("tr")
+    if type(symbol) is not str or not symbol or type(ts_event) is not int \
+            or type(ts_recv) is not int:
+        _str(obj, "s")  # each raises when its key is the one that is wrong
+        _int(obj, "te")
+        _int(obj, "tr")
     if kind == "delta" or kind == "snapshot":
-        seq = obj.get("q")
+        seq = get("q")
         if seq is not None and type(seq) is not int:
             raise TickFormatError(f'"q" must be an integer, got {seq!r}')
         cls = BookDelta if kind == "delta" else BookSnapshot
         return cls(symbol, _levels_in(obj, "b"), _levels_in(obj, "a"), ts_event, ts_recv, seq)
     if kind == "trade":
-        trade_id = obj.get("id")
+        trade_id = get("id")
         if type(trade_id) is not int and not (isinstance(trade_id, str) and trade_id):
             raise TickFormatError(f'"id" must be an integer or a string, got {trade_id!r}')
-        side = obj.get("side")
+        side = get("side")
         if side != "buy" and side != "sell":
             raise TickFormatError(f'"side" must be "buy" or "sell", got {side!r}')
         price = _canonical(_str(obj, "p"))

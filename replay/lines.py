@@ -176,14 +176,22 @@ class LineStream:
             self._file.close()
             raise OSError(exc.errno, exc.strerror, self.path) from None
         self.compression = compression_of(head)
-        self._lines = _lines(self._file, self.compression, chunk_size, self.path, self.problems)
+        self._runs = _runs(self._file, self.compression, chunk_size, self.path, self.problems)
+        self._lines = _lines(self._runs)
 
     def __iter__(self) -> Iterator[tuple[int, int, bytes]]:
         return self._lines
 
+    def runs(self) -> Iterator[Run]:
+        """The same lines in runs, one per decompressed piece: far fewer steps for a
+        reader of many short lines. Read the stream this way or line by line, not
+        both."""
+        return self._runs
+
     def close(self) -> None:
         """Release the file; iteration stops."""
         self._lines.close()
+        self._runs.close()
         self._file.close()
 
     def __enter__(self) -> LineStream:
@@ -237,13 +245,27 @@ def _chunks(
             started = False
 
 
-def _lines(
+@dataclass(frozen=True, slots=True)
+class Run:
+    """Consecutive complete lines of a file: ``lines[i]`` is line number ``line + i``,
+    and ``lines[0]`` starts at byte ``offset`` of the uncompressed stream."""
+
+    line: int
+    offset: int
+    lines: list[bytes]
+
+    def offset_of(self, index: int) -> int:
+        """The uncompressed byte offset at which ``lines[index]`` starts."""
+        return self.offset + sum(map(len, self.lines[:index])) + index
+
+
+def _runs(
     file: io.BufferedReader,
     compression: Compression,
     chunk_size: int,
     path: str,
     problems: list[Problem],
-) -> Generator[tuple[int, int, bytes]]:
+) -> Generator[Run]:
     line_no = 0
     offset = 0
     pending = b""
@@ -255,13 +277,17 @@ def _lines(
                 chunk = pending + chunk
             parts = chunk.split(b"\n")
             pending = parts.pop()
-            for part in parts:
-                line_no += 1
-                if skipping:
+            if parts:
+                first, start = line_no + 1, offset
+                line_no += len(parts)
+                offset += len(chunk) - len(pending)
+                if skipping:  # the end of the over-long line
                     skipping = False
-                else:
-                    yield line_no, offset, part
-                offset += len(part) + 1
+                    first += 1
+                    start += len(parts[0]) + 1
+                    del parts[0]
+                if parts:
+                    yield Run(first, start, parts)
             if len(pending) > MAX_LINE:
                 if not skipping:
                     problems.append(
@@ -278,3 +304,12 @@ def _lines(
             problems.append(Problem(path, line_no + 1, offset, ProblemKind.PARTIAL_LINE, detail))
     finally:
         file.close()
+
+
+def _lines(runs: Iterator[Run]) -> Generator[tuple[int, int, bytes]]:
+    for run in runs:
+        line_no, offset = run.line, run.offset
+        for line in run.lines:
+            yield line_no, offset, line
+            line_no += 1
+            offset += len(line) + 1

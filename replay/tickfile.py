@@ -15,6 +15,7 @@ first line is not a tick file header, and ``OSError`` when the file cannot be re
 from __future__ import annotations
 
 import gzip
+import itertools
 import zlib
 from collections import Counter
 from collections.abc import Generator, Iterable, Iterator, Sequence
@@ -41,6 +42,7 @@ from .lines import (
     LineStream,
     Problem,
     ProblemKind,
+    Run,
     StrPath,
     Tally,
     compression_for_name,
@@ -160,16 +162,18 @@ class TickReader:
         self.problems: list[Problem] = [] if problems is None else problems
         self._tally = Tally()
         self._lines = LineStream(path, self.problems)
-        lines = iter(self._lines)
+        runs = self._lines.runs()
         try:
-            first = next(lines, None)
+            first = next(runs, None)
             if first is None:
                 raise BadHeader(f"{self.path}: empty or cut before the end of its header")
-            self.header = decode_header(first[2])
+            self.header = decode_header(first.lines[0])
         except BaseException:
             self._lines.close()
             raise
-        self._events = _events(lines, self.path, self.problems, self._tally)
+        rest = Run(first.line + 1, first.offset + len(first.lines[0]) + 1, first.lines[1:])
+        self._events = _events(itertools.chain((rest,), runs), self.path, self.problems,
+                               self._tally)
 
     @property
     def malformed(self) -> int:
@@ -194,21 +198,24 @@ class TickReader:
         self.close()
 
 
-def _events(
-    lines: Iterator[tuple[int, int, bytes]], path: str, problems: list[Problem], tally: Tally
-) -> Generator[Event]:
+def _events(runs: Iterator[Run], path: str, problems: list[Problem], tally: Tally
+            ) -> Generator[Event]:
     last = 0
-    for line_no, offset, line in lines:
-        try:
-            event = decode_event(line)
-        except (BadDecimal, TickFormatError) as exc:
-            tally.skip(problems, path, line_no, offset, exc)
-            continue
-        if event.ts_recv < last:
-            detail = f"ts_recv {event.ts_recv} is before the previous event's {last}"
-            problems.append(Problem(path, line_no, offset, ProblemKind.OUT_OF_ORDER, detail))
-        last = event.ts_recv
-        yield event
+    decode = decode_event
+    for run in runs:
+        for index, line in enumerate(run.lines):
+            try:
+                event = decode(line)
+            except (BadDecimal, TickFormatError) as exc:
+                tally.skip(problems, path, run.line + index, run.offset_of(index), exc)
+                continue
+            ts_recv = event.ts_recv
+            if ts_recv < last:
+                detail = f"ts_recv {ts_recv} is before the previous event's {last}"
+                problems.append(Problem(path, run.line + index, run.offset_of(index),
+                                        ProblemKind.OUT_OF_ORDER, detail))
+            last = ts_recv
+            yield event
 
 
 MAX_GAPS_KEPT = 1000
