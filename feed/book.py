@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 
 from feed.events import BookDelta, BookSnapshot, Level
@@ -71,6 +70,13 @@ class BookSide:
     def apply(self, levels: Sequence[Level]) -> None:
         """Set every level of an event, in order (size ``"0"`` removes the level)."""
         sizes = self.sizes
+        if self._stale:  # the next read sorts the whole dict: no need to note prices
+            for price, size in levels:
+                if size == "0":
+                    sizes.pop(price, None)
+                else:
+                    sizes[price] = size
+            return
         pending = self._pending
         for price, size in levels:
             if size == "0":
@@ -154,16 +160,30 @@ class BookSide:
         return len(self.sizes)
 
 
-@dataclass(slots=True)
 class BookChange:
-    """What one applied event touched: the prices it set on each side.
+    """What one applied event touched: the prices it set on each side (listed when
+    asked: a replay with no subscriber never asks).
 
     ``reset`` is true for a snapshot (everything may have changed).
     """
 
-    bid_prices: Sequence[str]
-    ask_prices: Sequence[str]
-    reset: bool = False
+    __slots__ = ("_asks", "_bids", "reset")
+
+    def __init__(self, bids: Sequence[Level], asks: Sequence[Level], reset: bool = False
+                 ) -> None:
+        self._bids = bids
+        self._asks = asks
+        self.reset = reset
+
+    @property
+    def bid_prices(self) -> list[str]:
+        """The bid prices the event set."""
+        return [price for price, _ in self._bids]
+
+    @property
+    def ask_prices(self) -> list[str]:
+        """The ask prices the event set."""
+        return [price for price, _ in self._asks]
 
 
 class Book:
@@ -219,7 +239,7 @@ class Book:
         self.source_seq = event.seq
         self.ts_event = event.ts_event
         self.ts_recv = ts_recv
-        return BookChange([price for price, _ in event.bids], [price for price, _ in event.asks])
+        return BookChange(event.bids, event.asks)
 
     def invalidate(self) -> None:
         """Forget the book after a source gap, until the next snapshot."""
