@@ -125,8 +125,10 @@ class EventStream:
         self._unnamed.clear()
         return tuple(self._symbols)
 
-    def __iter__(self) -> EventStream:
-        return self
+    def __iter__(self) -> Iterator[Event]:
+        """The merged events themselves (a loop over the stream then takes one step
+        less per event); ``next(stream)`` reads the same iterator."""
+        return self._events
 
     def __next__(self) -> Event:
         return next(self._events)

@@ -75,7 +75,19 @@ def window(
 ) -> Iterator[Event]:
     """The events of ``symbols`` (all when ``None``) with ``start <= ts_recv < end``,
     preceded by a snapshot of each book as it stood at ``start``; see the module
-    docstring."""
+    docstring. With no limit at all, that is ``events`` itself (no step is added to
+    each event's way)."""
+    if start is None and end is None and symbols is None:
+        return iter(events)
+    return _window(events, start, end, symbols)
+
+
+def _window(
+    events: Iterable[Event],
+    start: int | None,
+    end: int | None,
+    symbols: Collection[str] | None,
+) -> Iterator[Event]:
     wanted = None if symbols is None else frozenset(symbols)
     stream = iter(events)
     if start is not None:
