@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import orjson
 import pytest
 import zstandard
 from hypothesis import given, settings
@@ -142,6 +143,30 @@ def test_decimals_are_canonicalized_on_read(tmp_path: Path) -> None:
         Trade("X", 7, "100.1", "0.5", "buy", 1, 2),
     ]
     assert reader.problems == []
+
+
+spelling = st.from_regex(r"[+-]?[0-9]{0,4}(\.[0-9]{0,3})?(e-?[0-9])?", fullmatch=True)
+
+
+@given(st.lists(st.tuples(spelling, spelling), max_size=4), st.sampled_from(["delta", "snapshot"]))
+@settings(max_examples=300, deadline=None)
+def test_book_lines_decode_alike_however_spelled(raw: list[tuple[str, str]], kind: str) -> None:
+    """A line as the writer spells it takes a fast way through decode_event, any other
+    spelling (here: one space more) the careful way: both give the same event, or both
+    refuse the line."""
+    levels = [list(level) for level in raw]
+    written = orjson.dumps({"t": kind, "s": "X", "te": 1, "tr": 2, "q": 3, "b": levels,
+                            "a": levels[::-1]})
+    spaced = written.replace(b'"b":', b'"b": ')
+    outcomes = []
+    for line in (written, spaced):
+        try:
+            outcomes.append(decode_event(line))
+        except ValueError as exc:
+            outcomes.append(type(exc))
+    assert outcomes[0] == outcomes[1]
+    if not isinstance(outcomes[0], type):
+        assert outcomes[0].bids == tuple((canonical(p), canonical(s)) for p, s in raw)
 
 
 decimal_text = st.decimals(min_value=0, max_value=10**9, places=8).map(lambda d: canonical(str(d)))
