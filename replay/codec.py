@@ -26,7 +26,7 @@ Exceptions::
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,10 +109,6 @@ def decode_header(line: bytes) -> TickHeader:
     return TickHeader(source, tuple(symbols), ts_first, ts_last, VERSION, extra)
 
 
-def _levels_out(levels: Sequence[Level]) -> list[list[str]]:
-    return [[price, size] for price, size in levels]
-
-
 def kind_of(event: Event) -> str:
     """The ``"t"`` of an event: ``snapshot``, ``delta``, ``trade`` or ``gap``."""
     return _KINDS[type(event)]
@@ -136,8 +132,8 @@ def encode_event(event: Event) -> bytes:
         }
         if event.seq is not None:
             obj["q"] = event.seq
-        obj["b"] = _levels_out(event.bids)
-        obj["a"] = _levels_out(event.asks)
+        obj["b"] = event.bids  # orjson writes a tuple as a JSON array
+        obj["a"] = event.asks
     elif isinstance(event, Trade):
         obj = {
             "t": "trade",

@@ -76,6 +76,9 @@ def convert(
     ``progress`` is called with 0 when reading starts, then with the number of events
     written so far every ``PROGRESS_EVERY`` events.
 
+    A zstd output is compressed in threads of the compressor's own, one per core,
+    while this one reads and decodes the inputs.
+
     The output is written to a temporary file beside ``dst`` and renamed over it when
     complete, so a failed conversion leaves no half-written ``dst``, and ``dst`` may not
     be one of the inputs. Raises ``SameFile`` for that, what ``open_events`` raises, and
@@ -96,7 +99,8 @@ def convert(
     try:
         with (
             open_events(paths) as events,
-            TickWriter(partial, source=source, symbols=symbols, level=level) as writer,
+            TickWriter(partial, source=source, symbols=symbols, level=level,
+                       threads=-1) as writer,
         ):
             if progress is None:
                 count = writer.write_all(events)

@@ -62,6 +62,10 @@ class _Sink(Protocol):
 class TickWriter:
     """Write events to a tick file, compressed according to the file name.
 
+    ``threads`` (zstd only): 0 compresses in the writing thread; N > 0 in N threads of
+    the compressor's own, which work while the writer makes the next events (-1: one per
+    core). The file is one checksummed zstd frame either way.
+
     Use it as a context manager (or call ``close()``). The header is written on
     opening; ``flush()`` pushes everything written so far through the compressor to
     the disk, so that a reader (or a crash) sees a readable prefix.
@@ -76,6 +80,7 @@ class TickWriter:
         ts_first: int | None = None,
         ts_last: int | None = None,
         level: int | None = None,
+        threads: int = 0,
     ) -> None:
         self.path = str(path)
         self.compression = compression_for_name(path)
@@ -85,7 +90,8 @@ class TickWriter:
         self._zstd: zstandard.ZstdCompressionWriter | None = None
         self._gzip: gzip.GzipFile | None = None
         if self.compression is Compression.ZSTD:
-            compressor = zstandard.ZstdCompressor(level=level or ZSTD_LEVEL, write_checksum=True)
+            compressor = zstandard.ZstdCompressor(level=level or ZSTD_LEVEL, write_checksum=True,
+                                                  threads=threads)
             self._zstd = compressor.stream_writer(self._raw, closefd=False)
             self._out = self._zstd
         elif self.compression is Compression.GZIP:
