@@ -3,8 +3,19 @@
 A view turns a book change into the ``book_update`` that keeps a subscriber's book
 equal to the server's top ``depth`` levels (PROTOCOL.md 4): levels that changed or
 moved into the top ``depth`` are set, levels that fell out are removed with size
-``"0"``. It recomputes a side only when a change can reach it: a change at a price
-worse than the view's last level of a full view cannot.
+``"0"``.
+
+Most changes of a live book only resize levels the view already shows, or touch levels
+below a full view. A view follows those from the change's prices alone: it knows where
+each shown price stands, so a resize is set in place and a level below the view's last
+one is ignored, without reading the book's order. Only a change that can move a level
+into or out of the top ``depth`` (a shown level removed, a new level at or above the
+last shown one, any new level while the view is not full) reads the book's top levels
+again and compares them with what was shown. Both ways give the same levels, in the
+same order: the order ``level_diff`` gives.
+
+The checksum is computed when it is first read after a change, so that a group that
+does not send it (``bbo``, or ``book`` with ``checksum`` off) never pays for it.
 """
 
 from __future__ import annotations
@@ -12,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from feed.book import Book, BookChange, BookSide
-from feed.checksum import book_checksum
+from feed.checksum import CHECKSUM_LEVELS, level_texts, texts_checksum
 from feed.events import Level
 
 
@@ -26,24 +37,111 @@ def level_diff(old: Sequence[Level], new: Sequence[Level]) -> list[Level]:
     return out
 
 
-class DepthView:
-    """The top ``depth`` levels of one book as last published, with seq and checksum."""
+class ShownSide:
+    """One side of a view: the levels shown, best first, where each price stands, and
+    the checksum texts of the first levels (made when first asked for)."""
 
-    __slots__ = ("asks", "bids", "checksum", "depth", "seq", "ts_event", "ts_recv")
+    __slots__ = ("_texts", "depth", "levels", "position")
 
     def __init__(self, depth: int) -> None:
         self.depth = depth
-        self.bids: list[Level] = []
-        self.asks: list[Level] = []
+        self.levels: list[Level] = []
+        self.position: dict[str, int] = {}
+        self._texts: list[str] | None = []
+
+    def take(self, levels: list[Level]) -> None:
+        """Show ``levels`` (the side's top ``depth``, best first)."""
+        self.levels = levels
+        self.position = {price: i for i, (price, _) in enumerate(levels)}
+        self._texts = None
+
+    def texts(self) -> list[str]:
+        """``price:size`` of the levels the checksum covers."""
+        texts = self._texts
+        if texts is None:
+            texts = self._texts = level_texts(self.levels, self.depth)
+        return texts
+
+    def refresh(self, side: BookSide) -> list[Level]:
+        """Show the side's top levels again; the levels that changed, as ``level_diff``."""
+        new = side.top(self.depth)
+        changes = level_diff(self.levels, new)
+        if changes:
+            self.take(new)
+        return changes
+
+    def follow(self, side: BookSide, prices: Sequence[str]) -> list[Level]:
+        """Follow a change of the side at ``prices``; the levels that changed, as
+        ``refresh`` would give them."""
+        if not prices:
+            return []
+        position, sizes = self.position, side.sizes
+        resized: list[int] = []
+        new: list[str] = []  # present, not shown: new to the book, or below a full view
+        for price in prices:
+            i = position.get(price)
+            if i is not None:
+                if price not in sizes:
+                    return self.refresh(side)  # a shown level removed
+                resized.append(i)
+            elif price in sizes:
+                new.append(price)
+        if new and (len(self.levels) < self.depth
+                    or side.reaches(new, self.levels[-1][0])):
+            return self.refresh(side)
+        if not resized:
+            return []
+        levels = self.levels
+        changes = [(levels[i][0], sizes[levels[i][0]])
+                   for i in sorted(set(resized)) if sizes[levels[i][0]] != levels[i][1]]
+        if changes:
+            levels = self.levels = levels.copy()  # a published list is never changed
+            position = self.position
+            texts = self._texts
+            for price, size in changes:
+                i = position[price]
+                levels[i] = (price, size)
+                if texts is not None and i < CHECKSUM_LEVELS:
+                    texts[i] = f"{price}:{size}"
+        return changes
+
+
+class DepthView:
+    """The top ``depth`` levels of one book as last published, with seq and checksum."""
+
+    __slots__ = ("_asks", "_bids", "_checksum", "depth", "seq", "ts_event", "ts_recv")
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+        self._bids = ShownSide(depth)
+        self._asks = ShownSide(depth)
         self.seq = 0
-        self.checksum = 0
+        self._checksum: int | None = 0
         self.ts_event = 0
         self.ts_recv = 0
 
+    @property
+    def bids(self) -> list[Level]:
+        """The bid levels shown, best first (never changed in place)."""
+        return self._bids.levels
+
+    @property
+    def asks(self) -> list[Level]:
+        """The ask levels shown, best first (never changed in place)."""
+        return self._asks.levels
+
+    @property
+    def checksum(self) -> int:
+        """The checksum (PROTOCOL.md 4) of the levels shown."""
+        checksum = self._checksum
+        if checksum is None:
+            checksum = self._checksum = texts_checksum(self._bids.texts(), self._asks.texts())
+        return checksum
+
     def reset(self, book: Book) -> None:
         """Take the book's current top levels as published (a snapshot)."""
-        self.bids = book.bids.top(self.depth)
-        self.asks = book.asks.top(self.depth)
+        self._bids.take(book.bids.top(self.depth))
+        self._asks.take(book.asks.top(self.depth))
         self._stamp(book)
 
     def advance(
@@ -55,21 +153,12 @@ class DepthView:
         Returns the (bid, ask) level changes to publish, or ``None`` when the top
         ``depth`` levels did not change (nothing to send; ``seq`` stays).
         """
-        bid_changes: list[Level] = []
-        ask_changes: list[Level] = []
-        full = change is None or change.reset
-        if full or _reaches(book.bids, change.bid_prices if change else (), self.bids,
-                            self.depth):
-            new = book.bids.top(self.depth)
-            bid_changes = level_diff(self.bids, new)
-            if bid_changes:
-                self.bids = new
-        if full or _reaches(book.asks, change.ask_prices if change else (), self.asks,
-                            self.depth):
-            new = book.asks.top(self.depth)
-            ask_changes = level_diff(self.asks, new)
-            if ask_changes:
-                self.asks = new
+        if change is None or change.reset:
+            bid_changes = self._bids.refresh(book.bids)
+            ask_changes = self._asks.refresh(book.asks)
+        else:
+            bid_changes = self._bids.follow(book.bids, change.bid_prices)
+            ask_changes = self._asks.follow(book.asks, change.ask_prices)
         if not bid_changes and not ask_changes:
             return None
         self._stamp(book)
@@ -79,15 +168,4 @@ class DepthView:
         self.seq = book.seq
         self.ts_event = book.ts_event
         self.ts_recv = book.ts_recv
-        self.checksum = book_checksum(self.bids, self.asks, self.depth)
-
-
-def _reaches(side: BookSide, prices: Sequence[str], shown: list[Level], depth: int) -> bool:
-    """Whether a change at ``prices`` can alter the top ``depth`` levels of ``side``, of
-    which the view last showed ``shown``: a view that is not full sees every change;
-    a full one only those at or better than its last level."""
-    if not prices:
-        return False
-    if len(shown) < depth:
-        return True
-    return side.reaches(prices, shown[-1][0])
+        self._checksum = None

@@ -64,3 +64,24 @@ def test_updates_keep_a_client_book_equal_to_the_top_levels(depth, steps) -> Non
         assert client.sorted_bids() == top_bids
         assert client.sorted_asks() == top_asks
         assert view.checksum == book_checksum(top_bids, top_asks, depth)
+
+
+@settings(max_examples=200)
+@given(st.integers(1, 6), st.lists(step, max_size=40))
+def test_updates_are_the_level_diff_of_the_top_levels(depth, steps) -> None:
+    """Following a change from its prices gives exactly the levels, in the same order,
+    that comparing the top levels before and after it gives."""
+    book = Book("X")
+    book.apply_snapshot(BookSnapshot("X", (), (), 0, 0), 0)
+    view = DepthView(depth)
+    view.reset(book)
+    for bid_steps, ask_steps in steps:
+        before = book.bids.top(depth), book.asks.top(depth)
+        bids = tuple((f"{100 - p}{t}", str(s)) for p, t, s in bid_steps)
+        asks = tuple((f"{101 + p}{t}", str(s)) for p, t, s in ask_steps)
+        change = book.apply_delta(BookDelta("X", bids, asks, 0, 0), 0)
+        after = book.bids.top(depth), book.asks.top(depth)
+        expected = level_diff(before[0], after[0]), level_diff(before[1], after[1])
+        published = view.advance(book, change)
+        assert published == (None if expected == ([], []) else expected)
+        assert (view.bids, view.asks) == after
