@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from feed.book import Book, BookChange, BookSide
-from feed.checksum import CHECKSUM_LEVELS, level_texts, texts_checksum
+from feed.checksum import CHECKSUM_LEVELS, interleave, level_texts, texts_checksum
 from feed.events import Level
 
 
@@ -38,29 +38,34 @@ def level_diff(old: Sequence[Level], new: Sequence[Level]) -> list[Level]:
 
 
 class ShownSide:
-    """One side of a view: the levels shown, best first, where each price stands, and
-    the checksum texts of the first levels (made when first asked for)."""
+    """One side of a view: the levels shown, best first, and where each price stands.
 
-    __slots__ = ("_texts", "depth", "levels", "position")
+    ``texts`` is the view's checksum text, one ``price:size`` per level, bids and asks
+    interleaved (shared by both sides; this side's levels at ``offset``, every other
+    item). It is empty until the view's checksum is read, and whenever a side shows
+    fewer than the levels the checksum covers; a side keeps it up to date otherwise.
+    """
 
-    def __init__(self, depth: int) -> None:
+    __slots__ = ("covered", "depth", "levels", "offset", "position", "texts")
+
+    def __init__(self, depth: int, offset: int, texts: list[str]) -> None:
         self.depth = depth
+        self.covered = min(depth, CHECKSUM_LEVELS)
+        self.offset = offset
+        self.texts = texts
         self.levels: list[Level] = []
         self.position: dict[str, int] = {}
-        self._texts: list[str] | None = []
 
     def take(self, levels: list[Level]) -> None:
         """Show ``levels`` (the side's top ``depth``, best first)."""
         self.levels = levels
         self.position = {price: i for i, (price, _) in enumerate(levels)}
-        self._texts = None
-
-    def texts(self) -> list[str]:
-        """``price:size`` of the levels the checksum covers."""
-        texts = self._texts
-        if texts is None:
-            texts = self._texts = level_texts(self.levels, self.depth)
-        return texts
+        texts = self.texts
+        if texts:
+            if len(levels) >= self.covered:
+                texts[self.offset::2] = level_texts(levels, self.depth)
+            else:
+                texts.clear()
 
     def refresh(self, side: BookSide) -> list[Level]:
         """Show the side's top levels again; the levels that changed, as ``level_diff``."""
@@ -73,48 +78,51 @@ class ShownSide:
     def follow(self, side: BookSide, prices: Sequence[str]) -> list[Level]:
         """Follow a change of the side at ``prices``; the levels that changed, as
         ``refresh`` would give them."""
-        if not prices:
-            return []
         position, sizes = self.position, side.sizes
         resized: list[int] = []
         new: list[str] = []  # present, not shown: new to the book, or below a full view
         for price in prices:
             i = position.get(price)
-            if i is not None:
-                if price not in sizes:
-                    return self.refresh(side)  # a shown level removed
-                resized.append(i)
+            if i is None:
+                if price in sizes:
+                    new.append(price)
             elif price in sizes:
-                new.append(price)
+                resized.append(i)
+            else:
+                return self.refresh(side)  # a shown level removed
         if new and (len(self.levels) < self.depth
                     or side.reaches(new, self.levels[-1][0])):
             return self.refresh(side)
         if not resized:
             return []
-        levels = self.levels
-        changes = [(levels[i][0], sizes[levels[i][0]])
-                   for i in sorted(set(resized)) if sizes[levels[i][0]] != levels[i][1]]
+        if len(resized) > 1:
+            resized = sorted(set(resized))
+        levels = self.levels.copy()  # a published list is never changed
+        texts = self.texts if len(self.texts) else None
+        changes = []
+        for i in resized:
+            price, shown = levels[i]
+            size = sizes[price]
+            if size != shown:
+                levels[i] = level = (price, size)
+                changes.append(level)
+                if texts is not None and i < self.covered:
+                    texts[2 * i + self.offset] = f"{price}:{size}"
         if changes:
-            levels = self.levels = levels.copy()  # a published list is never changed
-            position = self.position
-            texts = self._texts
-            for price, size in changes:
-                i = position[price]
-                levels[i] = (price, size)
-                if texts is not None and i < CHECKSUM_LEVELS:
-                    texts[i] = f"{price}:{size}"
+            self.levels = levels
         return changes
 
 
 class DepthView:
     """The top ``depth`` levels of one book as last published, with seq and checksum."""
 
-    __slots__ = ("_asks", "_bids", "_checksum", "depth", "seq", "ts_event", "ts_recv")
+    __slots__ = ("_asks", "_bids", "_checksum", "_texts", "depth", "seq", "ts_event", "ts_recv")
 
     def __init__(self, depth: int) -> None:
         self.depth = depth
-        self._bids = ShownSide(depth)
-        self._asks = ShownSide(depth)
+        self._texts: list[str] = []
+        self._bids = ShownSide(depth, 0, self._texts)
+        self._asks = ShownSide(depth, 1, self._texts)
         self.seq = 0
         self._checksum: int | None = 0
         self.ts_event = 0
@@ -135,7 +143,15 @@ class DepthView:
         """The checksum (PROTOCOL.md 4) of the levels shown."""
         checksum = self._checksum
         if checksum is None:
-            checksum = self._checksum = texts_checksum(self._bids.texts(), self._asks.texts())
+            texts = self._texts
+            if not texts:
+                parts = interleave(level_texts(self.bids, self.depth),
+                                   level_texts(self.asks, self.depth))
+                if len(parts) < 2 * self._bids.covered:  # a side short of the covered levels
+                    checksum = self._checksum = texts_checksum(parts)
+                    return checksum
+                texts[:] = parts
+            checksum = self._checksum = texts_checksum(texts)
         return checksum
 
     def reset(self, book: Book) -> None:

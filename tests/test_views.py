@@ -67,10 +67,11 @@ def test_updates_keep_a_client_book_equal_to_the_top_levels(depth, steps) -> Non
 
 
 @settings(max_examples=200)
-@given(st.integers(1, 6), st.lists(step, max_size=40))
+@given(st.integers(1, 12), st.lists(step, max_size=40))
 def test_updates_are_the_level_diff_of_the_top_levels(depth, steps) -> None:
     """Following a change from its prices gives exactly the levels, in the same order,
-    that comparing the top levels before and after it gives."""
+    that comparing the top levels before and after it gives, and the checksum kept
+    level by level is the one computed afresh (depths past the checksum's 10 too)."""
     book = Book("X")
     book.apply_snapshot(BookSnapshot("X", (), (), 0, 0), 0)
     view = DepthView(depth)
@@ -85,3 +86,4 @@ def test_updates_are_the_level_diff_of_the_top_levels(depth, steps) -> None:
         published = view.advance(book, change)
         assert published == (None if expected == ([], []) else expected)
         assert (view.bids, view.asks) == after
+        assert view.checksum == book_checksum(*after, depth)
