@@ -285,12 +285,13 @@ def book_update_message(
     symbol: str, seq: int, prev_seq: int, bids: list[Level], asks: list[Level],
     checksum: int | None, ts_event: int, ts_recv: int, ts_send: int,
 ) -> Message:
-    out: Message = {"type": "book_update", "symbol": symbol, "seq": seq, "prev_seq": prev_seq,
-                    "bids": bids, "asks": asks}
-    if checksum is not None:
-        out["checksum"] = checksum
-    out.update(ts_event=ts_event, ts_recv=ts_recv, ts_send=ts_send)
-    return out
+    if checksum is None:
+        return {"type": "book_update", "symbol": symbol, "seq": seq, "prev_seq": prev_seq,
+                "bids": bids, "asks": asks, "ts_event": ts_event, "ts_recv": ts_recv,
+                "ts_send": ts_send}
+    return {"type": "book_update", "symbol": symbol, "seq": seq, "prev_seq": prev_seq,
+            "bids": bids, "asks": asks, "checksum": checksum, "ts_event": ts_event,
+            "ts_recv": ts_recv, "ts_send": ts_send}
 
 
 def bbo_message(
