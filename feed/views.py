@@ -15,7 +15,9 @@ again and compares them with what was shown. Both ways give the same levels, in 
 same order: the order ``level_diff`` gives.
 
 The checksum is computed when it is first read after a change, so that a group that
-does not send it (``bbo``, or ``book`` with ``checksum`` off) never pays for it.
+does not send it (``bbo``, or ``book`` with ``checksum`` off) never pays for it. It is
+taken over the ``price:size`` texts the view keeps between changes (``ShownSide``):
+a resize writes one text, not the twenty of the covered levels.
 """
 
 from __future__ import annotations
