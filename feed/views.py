@@ -8,11 +8,13 @@ moved into the top ``depth`` are set, levels that fell out are removed with size
 Most changes of a live book only resize levels the view already shows, or touch levels
 below a full view. A view follows those from the change's prices alone: it knows where
 each shown price stands, so a resize is set in place and a level below the view's last
-one is ignored, without reading the book's order. Only a change that can move a level
-into or out of the top ``depth`` (a shown level removed, a new level at or above the
-last shown one, any new level while the view is not full) reads the book's top levels
-again and compares them with what was shown. Both ways give the same levels, in the
-same order: the order ``level_diff`` gives.
+one is ignored, without reading the book's order. A change of one price that brings a
+new level in (at or above the last shown one, or anywhere while the view is not full)
+is placed by comparing its price with the shown ones, exactly (as ``Decimal``). Only
+the other changes that can move a level into or out of the top ``depth`` (a shown
+level removed, several prices at once) read the book's top levels again and compare
+them with what was shown. Every way gives the same levels, in the same order: the
+order ``level_diff`` gives.
 
 The checksum is computed when it is first read after a change, so that a group that
 does not send it (``bbo``, or ``book`` with ``checksum`` off) never pays for it. It is
@@ -23,6 +25,7 @@ a resize writes one text, not the twenty of the covered levels.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from decimal import Decimal
 
 from feed.book import Book, BookChange, BookSide
 from feed.checksum import CHECKSUM_LEVELS, interleave, level_texts, texts_checksum
@@ -77,6 +80,36 @@ class ShownSide:
             self.take(new)
         return changes
 
+    def insert(self, side: BookSide, price: str) -> list[Level]:
+        """Show a level new to the side that belongs among the levels shown (at or
+        above the last of a full view), pushing the last one out of a full view; the
+        levels that changed, as ``refresh`` would give them."""
+        levels = self.levels
+        full = len(levels) >= self.depth
+        lo, hi = 0, len(levels) - 1 if full else len(levels)
+        value, bid = Decimal(price), self.offset == 0  # bids at the even places
+        while lo < hi:  # the first shown level that the new one is better than (exact)
+            mid = (lo + hi) // 2
+            shown = Decimal(levels[mid][0])
+            if value > shown if bid else value < shown:
+                hi = mid
+            else:
+                lo = mid + 1
+        level = (price, side.sizes[price])
+        changes = [level]
+        levels = [*levels[:lo], level, *levels[lo:]]
+        if full:
+            changes.append((levels.pop()[0], "0"))
+        self.levels = levels
+        self.position = {p: i for i, (p, _) in enumerate(levels)}
+        texts = self.texts
+        if texts and lo < self.covered:  # both sides cover the checksum's levels
+            side_texts = texts[self.offset::2]
+            side_texts.insert(lo, f"{level[0]}:{level[1]}")
+            side_texts.pop()
+            texts[self.offset::2] = side_texts
+        return changes
+
     def follow(self, side: BookSide, prices: Sequence[str]) -> list[Level]:
         """Follow a change of the side at ``prices``; the levels that changed, as
         ``refresh`` would give them."""
@@ -94,6 +127,8 @@ class ShownSide:
                 return self.refresh(side)  # a shown level removed
         if new and (len(self.levels) < self.depth
                     or side.reaches(new, self.levels[-1][0])):
+            if len(prices) == 1:
+                return self.insert(side, new[0])
             return self.refresh(side)
         if not resized:
             return []
