@@ -61,14 +61,17 @@ class ShownSide:
         self.levels: list[Level] = []
         self.position: dict[str, int] = {}
 
-    def take(self, levels: list[Level]) -> None:
-        """Show ``levels`` (the side's top ``depth``, best first)."""
+    def take(self, levels: list[Level], same: int = 0) -> None:
+        """Show ``levels`` (the side's top ``depth``, best first), of which the first
+        ``same`` are the levels shown before."""
         self.levels = levels
         self.position = {price: i for i, (price, _) in enumerate(levels)}
-        texts = self.texts
-        if texts:
-            if len(levels) >= self.covered:
-                texts[self.offset::2] = level_texts(levels, self.depth)
+        texts, covered = self.texts, self.covered
+        if texts and same < covered:
+            if len(levels) >= covered:
+                side_texts = texts[self.offset::2]
+                side_texts[same:] = level_texts(levels[same:], covered - same)
+                texts[self.offset::2] = side_texts
             else:
                 texts.clear()
 
@@ -100,14 +103,18 @@ class ShownSide:
         levels = [*levels[:lo], level, *levels[lo:]]
         if full:
             changes.append((levels.pop()[0], "0"))
-        self.levels = levels
-        self.position = {p: i for i, (p, _) in enumerate(levels)}
-        texts = self.texts
-        if texts and lo < self.covered:  # both sides cover the checksum's levels
-            side_texts = texts[self.offset::2]
-            side_texts.insert(lo, f"{level[0]}:{level[1]}")
-            side_texts.pop()
-            texts[self.offset::2] = side_texts
+        self.take(levels, lo)
+        return changes
+
+    def remove(self, side: BookSide, index: int) -> list[Level]:
+        """The shown level at ``index`` left the side, and nothing else changed: the
+        levels below it move up and the side's next level, if any, comes in last; the
+        levels that changed, as ``refresh`` would give them."""
+        gone = self.levels[index][0]
+        levels = side.top(self.depth)
+        changes = [levels[-1]] if len(levels) == len(self.levels) else []
+        changes.append((gone, "0"))
+        self.take(levels, index)
         return changes
 
     def follow(self, side: BookSide, prices: Sequence[str]) -> list[Level]:
@@ -123,8 +130,10 @@ class ShownSide:
                     new.append(price)
             elif price in sizes:
                 resized.append(i)
+            elif len(prices) == 1:
+                return self.remove(side, i)
             else:
-                return self.refresh(side)  # a shown level removed
+                return self.refresh(side)  # a shown level removed, and more
         if new and (len(self.levels) < self.depth
                     or side.reaches(new, self.levels[-1][0])):
             if len(prices) == 1:
