@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,10 @@ log = logging.getLogger("tickwire.feed")
 Clock = Callable[[], int]
 
 CHECKPOINT_EVERY = 256  # events applied between two yields to the scheduler when behind
+RELEASE_GRAIN_S = 0.0005
+"""A paced ingester wakes at most this often: a wake-up costs about 50 us of CPU on
+this kind of machine, so waking for each event of a fast feed would spend more on
+waking than on the events (docs/performance.md)."""
 APPLY_TIMED_EVERY = 16
 """One event in this many is timed for the ``apply`` stage histogram (timing every one
 cost 3% of a replay at ``--speed max``)."""
@@ -296,6 +301,7 @@ async def _one_pass(server: Server, source: Source, start_ns: int | None,
     stamp = start_wall
     first: int | None = None
     since_yield = 0
+    woke = -math.inf  # when the last wait for an event ended (trio time)
     applied = 0
     error: Exception | None = None
     # The published frames are handed out once per run of events between two awaits
@@ -320,7 +326,8 @@ async def _one_pass(server: Server, source: Source, start_ns: int | None,
                     if since_yield:
                         health.released(trio.current_time())
                     fanout.release()
-                    await _wait_for(release, flusher, timer)
+                    await _wait_for(release, flusher, timer, woke + RELEASE_GRAIN_S)
+                    woke = trio.current_time()
                     flusher.hold()
                     fanout.hold()
                     since_yield = 0
@@ -356,13 +363,16 @@ async def _one_pass(server: Server, source: Source, start_ns: int | None,
     return PassResult(applied, stamp, error)
 
 
-async def _wait_for(release: float, flusher: Flusher, timer: PreciseTimer) -> None:
-    """Wait until ``release`` (trio time), writing what the run before marked: the
-    flusher may have the ingester wake at the end of its rest first, to write then.
-    Events due during a rest are released with the pass at its end: they could not
-    be written sooner."""
+async def _wait_for(release: float, flusher: Flusher, timer: PreciseTimer,
+                    not_before: float) -> None:
+    """Wait until ``release`` (trio time), or ``not_before`` if later, writing what the
+    run before marked: the flusher may have the ingester wake at the end of its rest
+    first, to write then. Events due meanwhile are released at the wake-up: they could
+    not be written sooner (a rest), or waking for each would cost more than the
+    fraction of a millisecond it saves (the grain)."""
+    target = max(release, not_before)
     while trio.current_time() < release:  # noqa: ASYNC110 (a timer, not a condition)
-        await timer.sleep_until(flusher.handover(release))
+        await timer.sleep_until(flusher.handover(target))
 
 
 def _failed(server: Server, source: Source, error: Exception) -> None:

@@ -5,13 +5,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 import trio
+import trio.testing
 
 from clients.client import connect
 from feed.config import Config
 from feed.events import BookDelta, BookSnapshot, Trade
-from feed.ingest import ReplaySource, SyntheticSource, run_ingester
+from feed.ingest import RELEASE_GRAIN_S, ReplaySource, SyntheticSource, _wait_for, run_ingester
 from feed.server import Server
+from feed.timer import PreciseTimer
+from feed.wsconn import Flusher
 from replay.tickfile import TickWriter
 
 T0 = 1_700_000_000_000_000_000  # the recording's own time, 2023
@@ -123,3 +127,16 @@ async def test_synthetic_source_stamps_its_schedule(nursery: trio.Nursery) -> No
             stamps = [(await conn.receive())["ts_recv"] for _ in range(20)]
     assert stamps == sorted(stamps)
     server.shutdown()
+
+
+async def test_a_paced_ingester_wakes_for_its_next_event_at_most_once_per_grain(
+        autojump_clock: trio.testing.MockClock) -> None:
+    flusher, timer = Flusher(), PreciseTimer()
+    start = trio.current_time()
+    # The next event is due 0.1 ms after the last wake-up: it waits for the grain.
+    await _wait_for(start + 0.0001, flusher, timer, start + RELEASE_GRAIN_S)
+    assert trio.current_time() == pytest.approx(start + RELEASE_GRAIN_S)
+    # An event due after the grain is woken for at its time.
+    await _wait_for(start + 0.003, flusher, timer, start + 2 * RELEASE_GRAIN_S)
+    assert trio.current_time() == pytest.approx(start + 0.003)
+    timer.close()
