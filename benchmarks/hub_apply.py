@@ -68,12 +68,14 @@ def time_next_event(symbols: int, count: int) -> float:
     return time.process_time() - began
 
 
-def time_apply(events: list[Event], symbols: tuple[str, ...], depth: int) -> tuple[float, Sink]:
-    """Seconds ``Hub.apply`` takes over ``events`` (after the snapshots), and the sink."""
+def time_apply(events: list[Event], symbols: tuple[str, ...], depth: int,
+               sink: Sink | None = None) -> tuple[float, Sink]:
+    """Seconds ``Hub.apply`` takes over ``events`` (after the snapshots), and the sink
+    (a new ``Sink`` unless one is given)."""
     hub = Hub(clock=lambda: 0)
     for symbol in symbols:
         hub.add_symbol(symbol)
-    sink = Sink()
+    sink = sink if sink is not None else Sink()
     first = len(symbols)
     for event in events[:first]:
         hub.apply(event, 1)
