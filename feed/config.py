@@ -43,6 +43,7 @@ class ServerConfig:
     ping_interval_ms: int = 20_000
     pong_timeout_ms: int = 20_000
     flush_pause_max_ms: float = 4.0
+    flush_pause_factor: float = 4.0
     close_timeout_ms: int = 2_000
     shutdown_timeout_ms: int = 2_000
     workers: int = 1
@@ -163,6 +164,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "server.port": (lambda v: 0 <= v <= 65535, "a port number from 0 to 65535"),
     "compression.level": (lambda v: 1 <= v <= 9, "a zlib level from 1 to 9"),
     "server.flush_pause_max_ms": (lambda v: 0 <= v <= 100, "milliseconds from 0 to 100"),
+    "server.flush_pause_factor": (lambda v: 0 <= v <= 20, "a factor from 0 to 20"),
     "feed.synthetic_rate": (lambda v: v >= 0, "events per second, 0 or more"),
     "feed.synthetic_symbols": (lambda v: 1 <= v <= 10_000, "from 1 to 10000 symbols"),
     "feed.seed": (lambda v: True, "an integer"),

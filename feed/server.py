@@ -100,7 +100,8 @@ class Server:
         self.worker = worker
         self.hub = Hub(clock, Deflater(config.compression.level))
         self.snapshotter = Snapshotter(self.hub, clock)
-        self.flusher = Flusher(config.server.flush_pause_max_ms / 1000)
+        self.flusher = Flusher(config.server.flush_pause_max_ms / 1000,
+                               config.server.flush_pause_factor)
         self.metrics = Metrics()
         self.hub.fanout.on_drain = self.metrics.fanout_time.observe
         self.recorder = (Recorder(config.record, HubBooks(self.hub), clock=clock)

@@ -49,8 +49,9 @@ from feed.session import CLOSE_INTERNAL_ERROR, CLOSE_POLICY, CLOSE_TOO_BIG, Stat
 
 Clock = Callable[[], int]
 log = logging.getLogger("tickwire.connection")
-PAUSE_PER_PASS = 3.0
-"""The flusher waits this many times as long as its last pass took before the next."""
+PAUSE_PER_PASS = 4.0
+"""By default the flusher rests this many times as long as its last pass took
+(``server.flush_pause_factor``)."""
 MIN_PASS_TO_PAUSE_S = 0.0002
 """A pass shorter than this (a few clients) is followed by no wait at all."""
 
@@ -94,17 +95,20 @@ class Flusher:
     groups) wake the flusher's own task (``run``).
 
     Adaptive coalescing: after a pass that took long (many clients to write), no pass
-    starts for ``PAUSE_PER_PASS`` times as long (at most ``max_pause_s``), so that each
+    starts for ``pause_per_pass`` times as long (at most ``max_pause_s``), so that each
     write carries more frames and the system calls per message fall as the load grows.
     A pass over a few clients costs microseconds and is followed by no rest at all.
     """
 
-    def __init__(self, max_pause_s: float = 0.0) -> None:
+    def __init__(self, max_pause_s: float = 0.0, pause_per_pass: float = PAUSE_PER_PASS
+                 ) -> None:
         self._dirty: dict[WebSocketConnection, None] = {}
         self._wake = trio.Event()
         self._held = False
         self.max_pause_s = max_pause_s
         """Longest rest after a pass."""
+        self.pause_per_pass = pause_per_pass
+        """The rest after a long pass, in passes' lengths."""
         self.rest_until = -math.inf
         """trio time before which no pass starts."""
 
@@ -157,7 +161,7 @@ class Flusher:
             took = trio.current_time() - began
             if took > MIN_PASS_TO_PAUSE_S:
                 self.rest_until = began + took + min(self.max_pause_s,
-                                                     took * PAUSE_PER_PASS)
+                                                     took * self.pause_per_pass)
 
 
 class WebSocketConnection:

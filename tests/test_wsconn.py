@@ -134,7 +134,7 @@ class TimedConnection:
 
 async def test_the_flusher_waits_after_a_long_pass_and_not_after_a_short_one(
         autojump_clock: trio.testing.MockClock) -> None:
-    flusher = Flusher(max_pause_s=0.004)
+    flusher = Flusher(max_pause_s=0.004, pause_per_pass=3)
 
     async def two_passes(cost_s: float) -> list[float]:
         """When two passes over a connection that takes ``cost_s`` to write began, the
@@ -159,7 +159,7 @@ async def test_the_flusher_waits_after_a_long_pass_and_not_after_a_short_one(
 
 async def test_the_ingester_writes_its_own_runs_and_respects_the_rest(
         autojump_clock: trio.testing.MockClock) -> None:
-    flusher = Flusher(max_pause_s=0.004)
+    flusher = Flusher(max_pause_s=0.004, pause_per_pass=3)
     connection = TimedConnection(autojump_clock, 0.001)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(flusher.run)
