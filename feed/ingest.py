@@ -260,8 +260,10 @@ async def run_ingester(server: Server, source: Source, start_ns: int | None = No
                 log.warning("feed: %s holds no events; not looping it", source.name)
                 break
     finally:
-        source.close()
-        timer.close()
+        try:
+            source.close()
+        finally:
+            timer.close()
     health.end()
     server.broadcast_notice("replay_end", f"the replay ({source.name}) has ended")
     log.info("feed ended: %s", source.name)
@@ -355,8 +357,10 @@ async def _one_pass(server: Server, source: Source, start_ns: int | None,
     except Exception as exc:
         error = exc
     finally:
-        fanout.release()
-        flusher.release()
+        try:
+            fanout.release()
+        finally:
+            flusher.release()
     if since_yield:
         health.released(trio.current_time())
     _report(server, source)
@@ -371,8 +375,12 @@ async def _wait_for(release: float, flusher: Flusher, timer: PreciseTimer,
     not be written sooner (a rest), or waking for each would cost more than the
     fraction of a millisecond it saves (the grain)."""
     target = max(release, not_before)
-    while trio.current_time() < release:  # noqa: ASYNC110 (a timer, not a condition)
+    # At least once, even if ``release`` passed while the run was ending: the run's
+    # writes are made and the ingester yields (and can be cancelled) before the next.
+    while True:
         await timer.sleep_until(flusher.handover(target))
+        if trio.current_time() >= release:
+            return
 
 
 def _failed(server: Server, source: Source, error: Exception) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import cast
 
 import pytest
 import trio
@@ -15,7 +16,7 @@ from feed.events import BookDelta, BookSnapshot, Trade
 from feed.ingest import RELEASE_GRAIN_S, ReplaySource, SyntheticSource, _wait_for, run_ingester
 from feed.server import Server
 from feed.timer import PreciseTimer
-from feed.wsconn import Flusher
+from feed.wsconn import Flusher, WebSocketConnection
 from replay.tickfile import TickWriter
 
 T0 = 1_700_000_000_000_000_000  # the recording's own time, 2023
@@ -139,4 +140,31 @@ async def test_a_paced_ingester_wakes_for_its_next_event_at_most_once_per_grain(
     # An event due after the grain is woken for at its time.
     await _wait_for(start + 0.003, flusher, timer, start + 2 * RELEASE_GRAIN_S)
     assert trio.current_time() == pytest.approx(start + 0.003)
+    timer.close()
+
+
+class _Written:
+    """Stands in for a connection: records that the flusher wrote it."""
+
+    def __init__(self, log: list[object]) -> None:
+        self.log = log
+
+    def flush_nowait(self) -> None:
+        self.log.append(self)
+
+
+async def test_an_event_due_before_the_wait_begins_still_gets_its_writes_and_a_yield(
+) -> None:
+    # The event was not late when the ingester looked, but releasing the run's frames
+    # took longer than the time left: the run's writes must still be made, and the
+    # ingester must still yield, or it runs on without either (and cannot be cancelled).
+    flusher, timer = Flusher(), PreciseTimer()
+    written: list[object] = []
+    conn = _Written(written)
+    flusher.hold()
+    flusher.mark(cast(WebSocketConnection, conn))
+    due = trio.current_time() - 0.001
+    with trio.testing.assert_checkpoints():
+        await _wait_for(due, flusher, timer, due)
+    assert written == [conn]
     timer.close()
