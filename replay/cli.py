@@ -83,6 +83,10 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     conv.add_argument("-o", "--output", required=True, metavar="OUT",
                       help="NAME.ticks, NAME.ticks.gz or NAME.ticks.zst (recommended)")
     conv.add_argument("--level", type=int, default=None, help="compression level")
+    conv.add_argument("--format-version", type=int, choices=(1, 2), default=2,
+                      dest="version",
+                      help="tick file version: 2 (default) in blocks, the fastest to "
+                           "replay; 1 in JSON lines, for readers older than version 2")
     conv.set_defaults(run=run_convert)
     insp = commands.add_parser("inspect", help="what a tick file or capture holds")
     insp.add_argument("files", nargs="+", metavar="FILE")
@@ -92,7 +96,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def run_convert(args: argparse.Namespace) -> int:
     """``convert``: write the merged inputs to ``args.output``."""
     progress = Progress(f"converting to {args.output}", _total_size(args.inputs))
-    stats = convert(args.inputs, args.output, level=args.level, progress=progress)
+    stats = convert(args.inputs, args.output, level=args.level, progress=progress,
+                    version=args.version)
     progress.clear()
     rate = stats.events / stats.seconds if stats.seconds else 0.0
     print(f"{args.output}: {stats.events:,} events in {stats.seconds:.2f} s "

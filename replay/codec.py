@@ -40,6 +40,9 @@ from feed.events import BookDelta, BookSnapshot, Event, Gap, Level, Trade
 
 FORMAT = "tickwire-ticks"
 VERSION = 1
+"""The version of the line format this module encodes and decodes."""
+VERSIONS = (1, 2)
+"""The versions a header may name: 2 is the block format of ``replay.blocks``."""
 
 class TickFormatError(ValueError):
     """A line is not valid in the tick format (the file is damaged or not ours)."""
@@ -83,7 +86,7 @@ def encode_header(header: TickHeader) -> bytes:
 
 
 def decode_header(line: bytes) -> TickHeader:
-    """Parse a header line; raises ``BadHeader`` if it is not a version-1 header."""
+    """Parse a header line; raises ``BadHeader`` if it is not a version-1 or -2 header."""
     try:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError:
@@ -91,8 +94,9 @@ def decode_header(line: bytes) -> TickHeader:
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise BadHeader(f'first line has no "format":"{FORMAT}": not a tick file')
     version = obj.get("version")
-    if version != VERSION or type(version) is not int:
-        raise BadHeader(f"unsupported tick file version {version!r} (this reader: {VERSION})")
+    if version not in VERSIONS or type(version) is not int:
+        raise BadHeader(f"unsupported tick file version {version!r} (this reader: "
+                        f"{', '.join(map(str, VERSIONS))})")
     source = obj.get("source")
     symbols = obj.get("symbols", [])
     ts_first = obj.get("ts_first")
@@ -106,7 +110,7 @@ def decode_header(line: bytes) -> TickHeader:
             raise BadHeader(f'"{name}" must be an integer (ns)')
     known = {"format", "version", "source", "symbols", "ts_first", "ts_last"}
     extra = tuple((k, v) for k, v in obj.items() if k not in known)
-    return TickHeader(source, tuple(symbols), ts_first, ts_last, VERSION, extra)
+    return TickHeader(source, tuple(symbols), ts_first, ts_last, version, extra)
 
 
 def kind_of(event: Event) -> str:
@@ -173,8 +177,8 @@ def _levels_in(obj: dict[str, Any], key: str) -> tuple[Level, ...]:
     return canonical_levels(raw, TickFormatError, key)
 
 
-_DECIMAL = rb"(?:0|[1-9][0-9]*+)(?:\.[0-9]*+(?<=[1-9]))?"
-_LEVEL = rb'\["' + _DECIMAL + rb'","' + _DECIMAL + rb'"\]'
+CANONICAL_DECIMAL = rb"(?:0|[1-9][0-9]*+)(?:\.[0-9]*+(?<=[1-9]))?"
+_LEVEL = rb'\["' + CANONICAL_DECIMAL + rb'","' + CANONICAL_DECIMAL + rb'"\]'
 _LEVELS = rb"\[(?:" + _LEVEL + rb"(?:," + _LEVEL + rb")*+)?\]"
 _written_canonical = re.compile(
     rb'\{"t":"(?:delta|snapshot)","s":"[^"\\]*+","te":-?[0-9]++,"tr":-?[0-9]++'

@@ -70,11 +70,13 @@ def convert(
     symbols: Sequence[str] | None = None,
     level: int | None = None,
     progress: Callable[[int], None] | None = None,
+    version: int = 2,
 ) -> ConvertStats:
     """Write every event of ``paths`` (merged in ``ts_recv`` order) to the tick file
     ``dst``, compressed by its name. ``source`` / ``symbols`` default to ``describe``'s.
     ``progress`` is called with 0 when reading starts, then with the number of events
-    written so far every ``PROGRESS_EVERY`` events.
+    written so far every ``PROGRESS_EVERY`` events. ``version`` is the tick file
+    version written: 2, blocks (``replay.blocks``), or 1, JSON lines.
 
     A zstd output is compressed in threads of the compressor's own, one per core,
     while this one reads and decodes the inputs.
@@ -100,7 +102,7 @@ def convert(
         with (
             open_events(paths) as events,
             TickWriter(partial, source=source, symbols=symbols, level=level,
-                       threads=-1) as writer,
+                       threads=-1, version=version) as writer,
         ):
             if progress is None:
                 count = writer.write_all(events)

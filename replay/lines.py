@@ -201,11 +201,11 @@ class LineStream:
         self.close()
 
 
-def _chunks(
+def data_chunks(
     file: io.BufferedReader, compression: Compression, size: int, cut: list[Problem]
 ) -> Iterator[bytes]:
-    """Uncompressed data in pieces; on damage, leaves a position-less ``Problem`` in
-    ``cut`` (``_lines`` knows the position) and stops."""
+    """The uncompressed data of ``file`` in pieces; on damage, leaves a position-less
+    ``Problem`` in ``cut`` (the caller knows the position) and stops."""
     read = file.read
     counter = _read
     if compression is Compression.PLAIN:
@@ -272,7 +272,7 @@ def _runs(
     skipping = False  # inside an over-long line, dropped up to its newline
     cut: list[Problem] = []
     try:
-        for chunk in _chunks(file, compression, chunk_size, cut):
+        for chunk in data_chunks(file, compression, chunk_size, cut):
             if pending:
                 chunk = pending + chunk
             parts = chunk.split(b"\n")

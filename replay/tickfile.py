@@ -27,7 +27,9 @@ import zstandard
 from feed.decimals import BadDecimal
 from feed.events import Event, Gap
 
+from .blocks import Block, BlockWriter, read_blocks
 from .codec import (
+    VERSIONS,
     BadHeader,
     TickFormatError,
     TickHeader,
@@ -66,6 +68,9 @@ class TickWriter:
     the compressor's own, which work while the writer makes the next events (-1: one per
     core). The file is one checksummed zstd frame either way.
 
+    ``version`` 2 writes the block format (``replay.blocks``): far faster to replay, but
+    unreadable to a reader of version 1 only; ``flush()`` then ends the current block.
+
     Use it as a context manager (or call ``close()``). The header is written on
     opening; ``flush()`` pushes everything written so far through the compressor to
     the disk, so that a reader (or a crash) sees a readable prefix.
@@ -81,8 +86,13 @@ class TickWriter:
         ts_last: int | None = None,
         level: int | None = None,
         threads: int = 0,
+        version: int = 1,
     ) -> None:
+        if version not in VERSIONS:
+            raise ValueError(f"no tick file version {version}")
         self.path = str(path)
+        self.version = version
+        self._blocks = BlockWriter() if version == 2 else None
         self.compression = compression_for_name(path)
         self.count = 0
         self._raw = open(path, "wb")  # closed by close()
@@ -104,16 +114,19 @@ class TickWriter:
             self._out = self._raw
         self._buffer = bytearray()
         self._closed = False
-        header = TickHeader(source, tuple(symbols), ts_first, ts_last)
+        header = TickHeader(source, tuple(symbols), ts_first, ts_last, version)
         self._buffer += encode_header(header) + b"\n"
 
     def write(self, event: Event) -> None:
         """Append one event."""
-        self._buffer += encode_event(event)
-        self._buffer += b"\n"
+        if self._blocks is None:
+            self._buffer += encode_event(event)
+            self._buffer += b"\n"
+        elif (block := self._blocks.add(event)) is not None:
+            self._buffer += block
         self.count += 1
         if len(self._buffer) >= _BATCH:
-            self._drain()
+            self._drain(whole=False)
 
     def write_all(self, events: Iterable[Event]) -> int:
         """Append every event of ``events``; returns how many."""
@@ -143,7 +156,9 @@ class TickWriter:
         finally:
             self._raw.close()
 
-    def _drain(self) -> None:
+    def _drain(self, *, whole: bool = True) -> None:
+        if whole and self._blocks is not None and (block := self._blocks.flush()) is not None:
+            self._buffer += block  # a short block, so that what was written can be read
         if self._buffer:
             self._out.write(self._buffer)
             self._buffer.clear()
@@ -177,7 +192,14 @@ class TickReader:
         except BaseException:
             self._lines.close()
             raise
-        rest = Run(first.line + 1, first.offset + len(first.lines[0]) + 1, first.lines[1:])
+        skip = first.offset + len(first.lines[0]) + 1
+        self._blocks: Generator[Block] | None = None
+        if self.header.version == 2:  # binary after the header: read as blocks
+            self._lines.close()
+            self._blocks = read_blocks(self.path, skip, self.problems, self._tally)
+            self._events = _block_events(self._blocks)
+            return
+        rest = Run(first.line + 1, skip, first.lines[1:])
         self._events = _events(itertools.chain((rest,), runs), self.path, self.problems,
                                self._tally)
 
@@ -192,10 +214,17 @@ class TickReader:
     def __next__(self) -> Event:
         return next(self._events)
 
+    def blocks(self) -> Generator[Block] | None:
+        """A version-2 file's blocks (``replay.blocks``), to be read instead of the
+        events; ``None`` for version 1."""
+        return self._blocks
+
     def close(self) -> None:
         """Release the file; iteration stops."""
         self._events.close()
         self._lines.close()
+        if self._blocks is not None:
+            self._blocks.close()
 
     def __enter__(self) -> TickReader:
         return self
@@ -222,6 +251,11 @@ def _events(runs: Iterator[Run], path: str, problems: list[Problem], tally: Tall
                                         ProblemKind.OUT_OF_ORDER, detail))
             last = ts_recv
             yield event
+
+
+def _block_events(blocks: Iterator[Block]) -> Generator[Event]:
+    for block in blocks:
+        yield from block.events()
 
 
 MAX_GAPS_KEPT = 1000

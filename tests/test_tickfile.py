@@ -120,7 +120,7 @@ def test_header_with_span_and_unknown_keys(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "first_line",
-    [b"", b"hello\n", b'{"format":"other"}\n', b'{"format":"tickwire-ticks","version":2}\n',
+    [b"", b"hello\n", b'{"format":"other"}\n', b'{"format":"tickwire-ticks","version":3}\n',
      b'{"format":"tickwire-ticks","version":1,"ts_first":1.5}\n'],
 )
 def test_bad_header_raises_on_open(tmp_path: Path, first_line: bytes) -> None:
