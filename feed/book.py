@@ -22,8 +22,9 @@ one, shifted only when the source goes backwards (a looped replay restarting), s
 
 from __future__ import annotations
 
+import operator
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 
 from feed.events import BookDelta, BookSnapshot, Level
@@ -89,6 +90,17 @@ class BookSide:
         if len(pending) > 64 and len(pending) > len(sizes):
             pending.clear()  # cheaper to sort again than to replay them; stays bounded
             self._stale = True
+
+    def apply_last(self, sizes: Iterable[Level], removed: Iterable[str]) -> None:
+        """Set many events' levels at once, given each price's last size in them:
+        ``sizes`` non-zero, ``removed`` the prices whose last size was zero (a bulk
+        apply, ``feed.bulk``). The index is rebuilt when next read."""
+        self.sizes.update(sizes)
+        pop = self.sizes.pop
+        for price in removed:
+            pop(price, None)
+        self._pending.clear()
+        self._stale = True
 
     def replace(self, levels: Sequence[Level]) -> None:
         """Replace every level (a snapshot); zero sizes are left out."""
@@ -240,6 +252,24 @@ class Book:
         self.ts_event = event.ts_event
         self.ts_recv = ts_recv
         return BookChange(event.bids, event.asks)
+
+    def follow(self, seqs: Sequence[int | None], ts_event: int, ts_recv: int) -> None:
+        """The book has taken in deltas of these source ``seqs`` (the last one's
+        ``ts_event``) at once, their levels set with ``BookSide.apply_last``: the book's
+        ``seq`` and times are as if they had been applied one by one."""
+        if not seqs:
+            return
+        first = seqs[0]
+        if first is not None and first + self._offset > self.seq and None not in seqs \
+                and all(map(operator.lt, seqs, seqs[1:])):  # type: ignore[arg-type]
+            self.seq = seqs[-1] + self._offset  # type: ignore[operator]
+        else:
+            next_seq = self._next_seq
+            for seq in seqs:
+                self.seq = next_seq(seq)
+        self.source_seq = seqs[-1]
+        self.ts_event = ts_event
+        self.ts_recv = ts_recv
 
     def invalidate(self) -> None:
         """Forget the book after a source gap, until the next snapshot."""

@@ -82,6 +82,11 @@ class TradeGroup(Group):
         self.members[member] = None
         self._fanout.receive(member, self)
 
+    def skip(self, trades: int) -> None:
+        """Count ``trades`` that nobody was subscribed to see (a bulk apply)."""
+        assert not self.members
+        self._seq += trades
+
     def on_trade(self, trade: Trade, ts_recv: int) -> None:
         """Publish one trade, taken in by the ingester at ``ts_recv``."""
         self._seq += 1

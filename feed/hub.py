@@ -72,6 +72,13 @@ class Hub:
                                                              self.fanout)
         return state
 
+    def idle(self) -> bool:
+        """True when no symbol has a subscription group with anyone in it (nor an
+        empty book or bbo group): then an event changes nothing but the books and
+        counters, and ``feed.bulk`` may apply many at once."""
+        return not any(state.book_groups or state.bbo_groups or state.trades.members
+                       for state in self.symbols.values())
+
     def apply(self, event: Event, ts_recv: int) -> None:
         """Apply one event, stamped ``ts_recv`` by the ingester, and publish what it
         changes to every group of its symbol."""

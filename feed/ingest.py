@@ -31,18 +31,22 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import trio
 
+from feed.bulk import apply_block, worth_it
 from feed.events import Event, Gap
 from feed.hub import Hub
 from feed.synthetic import SyntheticMarket
 from feed.timer import PreciseTimer
+from replay.blocks import Block
 from replay.convert import describe
 from replay.sources import EventStream
+from replay.tickfile import TickReader
 from replay.window import window
 
 if TYPE_CHECKING:
@@ -91,6 +95,11 @@ class Source(Protocol):
         source's settings and ``start_ns`` alone."""
         ...
 
+    def blocks(self) -> Iterator[Block] | None:
+        """The prepared pass as blocks of events (``replay.blocks``), when the source
+        can give it so, to be read instead of ``events``; else ``None``."""
+        ...
+
     def problems(self) -> list[str]:
         """Damage found in the input since the last call (each with its position)."""
         ...
@@ -131,6 +140,9 @@ class SyntheticSource:
             yield ts, self.market.next_event(ts)
             i += 1
 
+    def blocks(self) -> Iterator[Block] | None:
+        return None
+
     def problems(self) -> list[str]:
         return []
 
@@ -163,6 +175,7 @@ class ReplaySource:
         self.only = tuple(symbols)
         self._stream: EventStream | None = None
         self._pass: Iterator[Event] = iter(())
+        self._blocks: Iterator[Block] | None = None
         self._reported = 0
         self._found: list[str] | None = None
         self._prepared = False
@@ -195,6 +208,13 @@ class ReplaySource:
         self.close()
         self._stream = stream = EventStream(self.paths)
         self._reported = 0
+        reader = stream.readers[0] if len(stream.readers) == 1 else None
+        if self.speed is None and isinstance(reader, TickReader) and self.start is None \
+                and self.end is None and not self.only:
+            self._blocks = reader.blocks()  # None for a version-1 file
+            if self._blocks is not None:
+                self._prepared = True
+                return
         events = window(stream, start=self.start, end=self.end, symbols=self.only or None)
         first = await trio.to_thread.run_sync(next, events, None, abandon_on_cancel=True)
         self._pass = iter(()) if first is None else itertools.chain((first,), events)
@@ -206,8 +226,23 @@ class ReplaySource:
             yield event.ts_recv, event
         self.close()
 
+    def blocks(self) -> Iterator[Block] | None:
+        """At ``--speed max``, without ``--from``, ``--to`` or ``--symbols``, a single
+        version-2 tick file is read in blocks."""
+        blocks = self._blocks
+        if blocks is None:
+            return None
+        self._prepared = False
+
+        def closing() -> Iterator[Block]:
+            yield from blocks
+            self.close()
+
+        return closing()
+
     def close(self) -> None:
         self._pass = iter(())
+        self._blocks = None
         self._prepared = False
         if self._stream is not None:
             self._stream.close()
@@ -288,8 +323,6 @@ async def _one_pass(server: Server, source: Source, start_ns: int | None,
     clock = server.clock
     health = server.feed_health
     metrics = server.metrics
-    apply_time = metrics.apply_time
-    record = server.recorder.offer if server.recorder is not None else None
     speed = source.speed
     try:
         for symbol in source.symbols():
@@ -297,6 +330,9 @@ async def _one_pass(server: Server, source: Source, start_ns: int | None,
         await source.prepare()
     except Exception as exc:
         return PassResult(0, clock() if start_ns is None else start_ns, exc)
+    blocks = source.blocks()
+    if blocks is not None:
+        return await _block_pass(server, source, blocks)
     now = clock()
     start_wall = now if start_ns is None else start_ns
     start_trio = trio.current_time() + (start_wall - now) / 1e9
@@ -311,60 +347,118 @@ async def _one_pass(server: Server, source: Source, start_ns: int | None,
     # Flusher); the run must end before every await.
     fanout = hub.fanout
     flusher = server.flusher
+    try:
+        with _held(server):
+            for source_ns, event in source.events(start_wall):
+                if first is None:
+                    first = source_ns
+                if speed is None:
+                    stamp = clock()
+                else:
+                    offset_ns = (source_ns - first) / speed
+                    release = start_trio + offset_ns / 1e9
+                    late = trio.current_time() - release
+                    if late < 0:
+                        _report(server, source)
+                        if since_yield:
+                            health.released(trio.current_time())
+                        fanout.release()
+                        await _wait_for(release, flusher, timer, woke + RELEASE_GRAIN_S)
+                        woke = trio.current_time()
+                        flusher.hold()
+                        fanout.hold()
+                        since_yield = 0
+                        late = 0.0
+                    metrics.feed_behind_s = late
+                    stamp = start_wall + int(offset_ns)
+                _apply(server, event, stamp, timed=not applied % APPLY_TIMED_EVERY)
+                applied += 1
+                since_yield += 1
+                if since_yield >= CHECKPOINT_EVERY:
+                    await _yield(server)
+                    since_yield = 0
+    except Exception as exc:
+        error = exc
+    if since_yield:
+        health.released(trio.current_time())
+    _report(server, source)
+    return PassResult(applied, stamp, error)
+
+
+async def _block_pass(server: Server, source: Source, blocks: Iterator[Block]) -> PassResult:
+    """A pass of a source read in blocks (``--speed max``). While nobody subscribes
+    and nothing records, a block is applied at once (``feed.bulk``, unless it holds
+    too many snapshots and gaps to gain from it); otherwise event by event, as
+    ``_one_pass`` does. The ingester yields after each block, and every
+    ``CHECKPOINT_EVERY`` events inside one applied event by event."""
+    hub = server.hub
+    clock = server.clock
+    health = server.feed_health
+    recording = server.recorder is not None
+    applied = 0
+    stamp = clock()
+    error: Exception | None = None
+    try:
+        with _held(server):
+            for block in blocks:
+                if not recording and hub.idle() and worth_it(block):
+                    stamp = clock()
+                    apply_block(hub, block, stamp)
+                    applied += block.count
+                else:
+                    for since, event in enumerate(block.events(), 1):
+                        stamp = clock()
+                        _apply(server, event, stamp, timed=not applied % APPLY_TIMED_EVERY)
+                        applied += 1
+                        if not since % CHECKPOINT_EVERY:
+                            await _yield(server)
+                _report(server, source)
+                await _yield(server)
+    except Exception as exc:
+        error = exc
+    health.released(trio.current_time())
+    _report(server, source)
+    return PassResult(applied, stamp, error)
+
+
+@contextmanager
+def _held(server: Server) -> Iterator[None]:
+    """A run of the ingester's events: the frames they publish are handed out, and
+    their writes made, when it ends (``_yield`` ends one and begins the next)."""
+    fanout, flusher = server.hub.fanout, server.flusher
     fanout.hold()
     flusher.hold()
     try:
-        for source_ns, event in source.events(start_wall):
-            if first is None:
-                first = source_ns
-            if speed is None:
-                stamp = clock()
-            else:
-                offset_ns = (source_ns - first) / speed
-                release = start_trio + offset_ns / 1e9
-                late = trio.current_time() - release
-                if late < 0:
-                    _report(server, source)
-                    if since_yield:
-                        health.released(trio.current_time())
-                    fanout.release()
-                    await _wait_for(release, flusher, timer, woke + RELEASE_GRAIN_S)
-                    woke = trio.current_time()
-                    flusher.hold()
-                    fanout.hold()
-                    since_yield = 0
-                    late = 0.0
-                metrics.feed_behind_s = late
-                stamp = start_wall + int(offset_ns)
-            timed = not applied % APPLY_TIMED_EVERY
-            if timed:
-                began = time.perf_counter_ns()
-            hub.apply(event, stamp)
-            if record is not None:
-                record(event, stamp)
-            if timed:
-                apply_time.observe(time.perf_counter_ns() - began)
-            applied += 1
-            since_yield += 1
-            if since_yield >= CHECKPOINT_EVERY:
-                health.released(trio.current_time())
-                fanout.release()
-                flusher.release()
-                await trio.lowlevel.checkpoint()
-                flusher.hold()
-                fanout.hold()
-                since_yield = 0
-    except Exception as exc:
-        error = exc
+        yield
     finally:
         try:
             fanout.release()
         finally:
             flusher.release()
-    if since_yield:
-        health.released(trio.current_time())
-    _report(server, source)
-    return PassResult(applied, stamp, error)
+
+
+def _apply(server: Server, event: Event, stamp: int, *, timed: bool) -> None:
+    """Apply one event stamped ``stamp``, record it when recording, and when ``timed``
+    observe how long that took (the ``apply`` stage)."""
+    if timed:
+        began = time.perf_counter_ns()
+    server.hub.apply(event, stamp)
+    if server.recorder is not None:
+        server.recorder.offer(event, stamp)
+    if timed:
+        server.metrics.apply_time.observe(time.perf_counter_ns() - began)
+
+
+async def _yield(server: Server) -> None:
+    """End the ingester's run of events (its frames handed out and written), yield to
+    the other tasks, and begin the next run."""
+    server.feed_health.released(trio.current_time())
+    fanout, flusher = server.hub.fanout, server.flusher
+    fanout.release()
+    flusher.release()
+    await trio.lowlevel.checkpoint()
+    flusher.hold()
+    fanout.hold()
 
 
 async def _wait_for(release: float, flusher: Flusher, timer: PreciseTimer,

@@ -77,6 +77,9 @@ class ScriptedSource:
                 raise item
             yield start_ns + round(offset * 1e9), item
 
+    def blocks(self) -> None:
+        return None
+
     def problems(self) -> list[str]:
         return []
 

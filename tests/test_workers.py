@@ -101,6 +101,9 @@ class LoopedRecording:
     def events(self, start_ns: int) -> Iterator[tuple[int, Event]]:
         return ((event.ts_recv, event) for event in self.recording)
 
+    def blocks(self) -> None:
+        return None
+
     def problems(self) -> list[str]:
         return []
 
