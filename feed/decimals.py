@@ -42,7 +42,17 @@ def canonical(text: str) -> str:
         raise BadDecimal(f"not a decimal number: {_shown(text)}") from None
     if not value.is_finite() or value.is_signed() and value != 0:
         raise BadDecimal(f"not a finite non-negative decimal: {_shown(text)}")
+    exponent = value.as_tuple().exponent
+    if value != 0 and not -MAX_EXPONENT <= exponent <= MAX_EXPONENT:  # type: ignore[operator]
+        raise BadDecimal(f"exponent out of range (at most {MAX_EXPONENT} either way): "
+                         f"{_shown(text)}")
     return format_decimal(value)
+
+
+MAX_EXPONENT = 100
+"""A decimal written with an exponent beyond this (either way) is refused: without
+the exponent it would take over a hundred digits, and ``"1e999999999"`` would take a
+gigabyte and seconds to spell out. No price or size comes near."""
 
 
 def _shown(text: str, limit: int = 40) -> str:

@@ -24,13 +24,16 @@ from feed.decimals import BadDecimal, canonical
         ("60123.5", "60123.5"),
         ("-0", "0"),
         ("0.0000001", "0.0000001"),
+        ("1e100", "1" + "0" * 100),
+        ("0e999999999", "0"),
     ],
 )
 def test_canonical_spelling(text: str, expected: str) -> None:
     assert canonical(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "abc", "-1", "-0.5", "NaN", "inf", "1.2.3", "1,5"])
+@pytest.mark.parametrize("text", ["", "abc", "-1", "-0.5", "NaN", "inf", "1.2.3", "1,5",
+                                  "1e999999999", "1e999999999999999", "1e-101", "5E+101"])
 def test_refuses_what_is_not_a_non_negative_decimal(text: str) -> None:
     with pytest.raises(BadDecimal):
         canonical(text)
