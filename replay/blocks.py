@@ -69,6 +69,9 @@ READ_SIZE = 1 << 17
 pieces decompress about 15% faster than the 16 KiB of ``replay.lines``."""
 MAX_BLOCK_BYTES = 64 << 20
 """A block announcing more is damage: the rest of the file is not read."""
+BLOCK_LEVELS_MAX = 1 << 20
+"""The writer ends a block early rather than put more levels in it (8 MiB of indices,
+and at most twice as many new decimals: well within what a reader takes)."""
 MAX_HEADER_BYTES = 1 << 20
 """A header line of a joined file must end within this many bytes."""
 MAX_TABLE = 1 << 22
@@ -102,6 +105,7 @@ class BlockWriter:
         self.size = size
         self._pending: list[Event] = []
         self._symbols: set[str] = set()
+        self._levels = 0
         self._table: dict[str, int] = {}
         self._blocks = 0
 
@@ -110,10 +114,14 @@ class BlockWriter:
         cannot hold it: a time or seq outside the signed 64-bit range, an integer trade
         id outside the 64-bit ones."""
         _fits(event)
+        levels = len(event.bids) + len(event.asks) \
+            if isinstance(event, BookSnapshot | BookDelta) else 0
         full = None
-        if event.symbol not in self._symbols and len(self._symbols) == 0xFFFF:
-            full = self.flush()  # a block holds at most 65,535 symbols
+        if (event.symbol not in self._symbols and len(self._symbols) == 0xFFFF) \
+                or self._levels + levels > BLOCK_LEVELS_MAX:
+            full = self.flush()  # within what a reader takes (symbols, bytes, table)
         self._symbols.add(event.symbol)
+        self._levels += levels
         self._pending.append(event)
         if len(self._pending) < self.size:
             return full
@@ -123,12 +131,14 @@ class BlockWriter:
     def flush(self) -> bytes | None:
         if not self._pending:
             return None
-        if self._blocks % TABLE_BLOCKS == 0:
+        if self._blocks % TABLE_BLOCKS == 0 or len(self._table) > MAX_TABLE // 2:
             self._table = {}
+            self._blocks = 0
         self._blocks += 1
         data = encode_block(self._pending, self._table)
         self._pending.clear()
         self._symbols.clear()
+        self._levels = 0
         return data
 
 
@@ -137,13 +147,17 @@ _TRADE_IDS = range(-(1 << 63), 1 << 64)  # what orjson writes
 
 
 def _fits(event: Event) -> None:
-    seq = event.seq if isinstance(event, BookSnapshot | BookDelta) else None
-    trade_id = event.trade_id if isinstance(event, Trade) else 0
+    seq, levels, trade_id = None, 0, 0
+    if isinstance(event, BookSnapshot | BookDelta):
+        seq, levels = event.seq, len(event.bids) + len(event.asks)
+    elif isinstance(event, Trade) and type(event.trade_id) is int:
+        trade_id = event.trade_id
     if event.ts_event not in _INT64 or event.ts_recv not in _INT64 \
-            or (seq is not None and seq not in _INT64) \
-            or (type(trade_id) is int and trade_id not in _TRADE_IDS):
+            or (seq is not None and seq not in _INT64) or trade_id not in _TRADE_IDS \
+            or levels > BLOCK_LEVELS_MAX:
         raise ValueError(f"tick file version 2 cannot hold this event (a time or seq "
-                         f"outside 64 bits; version 1 can): {event!r}"[:300])
+                         f"outside 64 bits, or over {BLOCK_LEVELS_MAX:,} levels; version 1 "
+                         f"can): {event!r}"[:300])
 
 
 def encode_block(events: Sequence[Event], table: dict[str, int] | None = None) -> bytes:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from feed.decimals import canonical
 from feed.events import BookDelta, BookSnapshot, Event, Gap, Trade
-from replay import sample_path
+from replay import blocks, sample_path
 from replay.blocks import BLOCK_EVENTS, MAGIC, PREFIX, BlockWriter, encode_block
 from replay.codec import TickHeader, encode_header
 from replay.convert import convert
@@ -257,3 +257,20 @@ def test_a_damaged_byte_never_breaks_the_reader(tmp_path_factory: pytest.TempPat
     assert len(got) <= len(EVERY_KIND)
     if len(got) < len(EVERY_KIND):
         assert reader.problems
+
+
+def test_the_writer_keeps_blocks_and_tables_within_what_a_reader_takes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(blocks, "BLOCK_LEVELS_MAX", 10)
+    monkeypatch.setattr(blocks, "MAX_TABLE", 16)
+    many = [BookDelta("BTCUSDT", tuple((str(100 + i * 4 + j), "1") for j in range(4)), (),
+                      i, i, i) for i in range(30)]
+    writer = BlockWriter(size=1000)
+    encoded = [block for event in many if (block := writer.add(event)) is not None]
+    encoded.append(writer.flush() or b"")
+    assert len([b for b in encoded if b]) == 15  # two events (8 levels) a block
+    path = tmp_path / "bounded.ticks"
+    write_blocks(path, encoded)
+    assert read(path)[0] == many  # the table started afresh whenever it passed 8
+    with pytest.raises(ValueError, match="over 10 levels"):
+        writer.add(BookSnapshot("BTCUSDT", (("1", "1"),) * 11, (), 1, 1, 1))
