@@ -69,7 +69,8 @@ class TickWriter:
     core). The file is one checksummed zstd frame either way.
 
     ``version`` 2 writes the block format (``replay.blocks``): far faster to replay, but
-    unreadable to a reader of version 1 only; ``flush()`` then ends the current block.
+    unreadable to readers that know only version 1; ``flush()`` then ends the current
+    block, and ``write`` raises ``ValueError`` for an event version 2 cannot hold.
 
     Use it as a context manager (or call ``close()``). The header is written on
     opening; ``flush()`` pushes everything written so far through the compressor to
@@ -184,6 +185,7 @@ class TickReader:
         self._tally = Tally()
         self._lines = LineStream(path, self.problems)
         runs = self._lines.runs()
+        before = len(self.problems)
         try:
             first = next(runs, None)
             if first is None:
@@ -196,6 +198,7 @@ class TickReader:
         self._blocks: Generator[Block] | None = None
         if self.header.version == 2:  # binary after the header: read as blocks
             self._lines.close()
+            del self.problems[before:]  # what the line reader made of the binary part
             self._blocks = read_blocks(self.path, skip, self.problems, self._tally)
             self._events = _block_events(self._blocks)
             return
