@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from feed.events import Level
@@ -36,23 +36,33 @@ def canonical(text: str) -> str:
         if stripped[0] == ".":
             return "0" + stripped
         return stripped
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise BadDecimal(f"not a decimal number: {_shown(text)}") from None
-    if not value.is_finite() or value.is_signed() and value != 0:
+    if not _NUMBER.fullmatch(text):  # Decimal() would also take " 1", "1_000", "NaN"
+        raise BadDecimal(f"not a decimal number: {_shown(text)}")
+    value = Decimal(text)
+    if value.is_signed() and value != 0:
         raise BadDecimal(f"not a finite non-negative decimal: {_shown(text)}")
-    exponent = value.as_tuple().exponent
-    if value != 0 and not -MAX_EXPONENT <= exponent <= MAX_EXPONENT:  # type: ignore[operator]
-        raise BadDecimal(f"exponent out of range (at most {MAX_EXPONENT} either way): "
-                         f"{_shown(text)}")
+    if value != 0 and _too_long(value):
+        raise BadDecimal(f"more than {MAX_DIGITS} digits before or after the point when "
+                         f"written out: {_shown(text)}")
     return format_decimal(value)
 
 
-MAX_EXPONENT = 100
-"""A decimal written with an exponent beyond this (either way) is refused: without
-the exponent it would take over a hundred digits, and ``"1e999999999"`` would take a
-gigabyte and seconds to spell out. No price or size comes near."""
+_NUMBER = re.compile(r"-?(?:[0-9]++(?:\.[0-9]*+)?|\.[0-9]++)(?:[eE][+-]?[0-9]++)?")
+"""A plain decimal with an optional sign and exponent, in ASCII digits. Possessive:
+a megabyte of digits followed by junk fails in one pass, not by backtracking."""
+MAX_DIGITS = 100
+"""A decimal written with an exponent is refused when, written out, it would take more
+digits than this before or after the point: ``"1e999999999"`` would take a gigabyte and
+seconds to spell out. No price or size comes near. (Plain digits are taken at any
+length: they are as long as the input already is.)"""
+
+
+def _too_long(value: Decimal) -> bool:
+    _, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)  # finite: the pattern admits no NaN or infinity
+    trailing_zeros = len(digits) - len(bytes(digits).rstrip(b"\0"))
+    after_point = -(exponent + trailing_zeros)
+    return value.adjusted() + 1 > MAX_DIGITS or after_point > MAX_DIGITS
 
 
 def _shown(text: str, limit: int = 40) -> str:

@@ -24,8 +24,11 @@ from feed.decimals import BadDecimal, canonical
         ("60123.5", "60123.5"),
         ("-0", "0"),
         ("0.0000001", "0.0000001"),
-        ("1e100", "1" + "0" * 100),
+        ("1e99", "1" + "0" * 99),
+        ("1.0e-100", "0." + "0" * 99 + "1"),
+        ("1e-100", "0." + "0" * 99 + "1"),
         ("0e999999999", "0"),
+        ("0e-999999", "0"),
     ],
 )
 def test_canonical_spelling(text: str, expected: str) -> None:
@@ -33,7 +36,9 @@ def test_canonical_spelling(text: str, expected: str) -> None:
 
 
 @pytest.mark.parametrize("text", ["", "abc", "-1", "-0.5", "NaN", "inf", "1.2.3", "1,5",
-                                  "1e999999999", "1e999999999999999", "1e-101", "5E+101"])
+                                  " 1", "1_000", "\u0661", "1\n", "1e999999999",
+                                  "1e999999999999999", "1e-101", "1.0e-101", "5E+100",
+                                  "50E+99"])
 def test_refuses_what_is_not_a_non_negative_decimal(text: str) -> None:
     with pytest.raises(BadDecimal):
         canonical(text)
