@@ -38,6 +38,7 @@ docs/tick-format.md is the reference.
 
 from __future__ import annotations
 
+import itertools
 import re
 import struct
 import sys
@@ -52,7 +53,7 @@ from feed.decimals import BadDecimal, canonical_cached
 from feed.events import BookDelta, BookSnapshot, Event, Gap, Level, Side, Trade
 
 from .codec import CANONICAL_DECIMAL, BadHeader, TickFormatError, decode_header
-from .lines import Problem, ProblemKind, Tally, compression_of, data_chunks
+from .lines import MAX_LINE, Problem, ProblemKind, Tally, compression_of, data_chunks
 
 MAGIC = b"TWB2"
 PREFIX = struct.Struct("<4sIII")
@@ -72,7 +73,9 @@ MAX_BLOCK_BYTES = 64 << 20
 BLOCK_LEVELS_MAX = 1 << 20
 """The writer ends a block early rather than put more levels in it (8 MiB of indices,
 and at most twice as many new decimals: well within what a reader takes)."""
-MAX_HEADER_BYTES = 1 << 20
+BLOCK_BYTES_MAX = 32 << 20
+"""Nor more bytes than this, counted at their most (half what a reader takes)."""
+MAX_HEADER_BYTES = MAX_LINE
 """A header line of a joined file must end within this many bytes."""
 MAX_TABLE = 1 << 22
 """A decimal table that would grow past this many entries is damage (the writer's
@@ -106,6 +109,7 @@ class BlockWriter:
         self._pending: list[Event] = []
         self._symbols: set[str] = set()
         self._levels = 0
+        self._bytes = 0  # at most what the pending events take in a block
         self._table: dict[str, int] = {}
         self._blocks = 0
 
@@ -113,15 +117,15 @@ class BlockWriter:
         """Take ``event``; ``ValueError`` (and the event is not taken) when version 2
         cannot hold it: a time or seq outside the signed 64-bit range, an integer trade
         id outside the 64-bit ones."""
-        _fits(event)
-        levels = len(event.bids) + len(event.asks) \
-            if isinstance(event, BookSnapshot | BookDelta) else 0
+        levels, size = _fits(event)
         full = None
         if (event.symbol not in self._symbols and len(self._symbols) == 0xFFFF) \
-                or self._levels + levels > BLOCK_LEVELS_MAX:
+                or self._levels + levels > BLOCK_LEVELS_MAX \
+                or self._bytes + size > BLOCK_BYTES_MAX:
             full = self.flush()  # within what a reader takes (symbols, bytes, table)
         self._symbols.add(event.symbol)
         self._levels += levels
+        self._bytes += size
         self._pending.append(event)
         if len(self._pending) < self.size:
             return full
@@ -131,14 +135,16 @@ class BlockWriter:
     def flush(self) -> bytes | None:
         if not self._pending:
             return None
-        if self._blocks % TABLE_BLOCKS == 0 or len(self._table) > MAX_TABLE // 2:
+        # Every level and trade may bring two new decimals.
+        most = len(self._table) + 2 * (self._levels + len(self._pending))
+        if self._blocks % TABLE_BLOCKS == 0 or most > MAX_TABLE:
             self._table = {}
             self._blocks = 0
         self._blocks += 1
-        data = encode_block(self._pending, self._table)
+        data = encode_block(self._pending, self._table, checked=True)
         self._pending.clear()
         self._symbols.clear()
-        self._levels = 0
+        self._levels = self._bytes = 0
         return data
 
 
@@ -146,31 +152,46 @@ _INT64 = range(-(1 << 63), 1 << 63)
 _TRADE_IDS = range(-(1 << 63), 1 << 64)  # what orjson writes
 
 
-def _fits(event: Event) -> None:
+def _fits(event: Event) -> tuple[int, int]:
+    """``ValueError`` when version 2 cannot hold ``event``; else its levels, and at
+    most how many bytes it takes in a block (each string at most 6 bytes a character
+    in JSON, with its quotes and comma)."""
     seq, levels, trade_id = None, 0, 0
+    strings = [event.symbol]
     if isinstance(event, BookSnapshot | BookDelta):
         seq, levels = event.seq, len(event.bids) + len(event.asks)
-    elif isinstance(event, Trade) and type(event.trade_id) is int:
-        trade_id = event.trade_id
+        strings += itertools.chain.from_iterable(event.bids + event.asks)
+    elif isinstance(event, Trade):
+        strings += (event.price, event.size)
+        if type(event.trade_id) is int:
+            trade_id = event.trade_id
+        else:
+            strings.append(str(event.trade_id))
+    elif isinstance(event, Gap):
+        strings.append(event.reason)
+    size = _BYTES_PER_EVENT + 8 * levels + 30 + 6 * sum(map(len, strings)) + 3 * len(strings)
     if event.ts_event not in _INT64 or event.ts_recv not in _INT64 \
             or (seq is not None and seq not in _INT64) or trade_id not in _TRADE_IDS \
-            or levels > BLOCK_LEVELS_MAX:
+            or levels > BLOCK_LEVELS_MAX or size > BLOCK_BYTES_MAX:
         raise ValueError(f"tick file version 2 cannot hold this event (a time or seq "
-                         f"outside 64 bits, or over {BLOCK_LEVELS_MAX:,} levels; version 1 "
-                         f"can): {event!r}"[:300])
+                         f"outside 64 bits, over {BLOCK_LEVELS_MAX:,} levels or "
+                         f"{BLOCK_BYTES_MAX:,} bytes; version 1 can): {event!r}"[:300])
+    return levels, size
 
 
-def encode_block(events: Sequence[Event], table: dict[str, int] | None = None) -> bytes:
+def encode_block(events: Sequence[Event], table: dict[str, int] | None = None, *,
+                 checked: bool = False) -> bytes:
     """One block of ``events`` (at least one), prefix included. ``table`` is the
     decimal table of the blocks before it (empty or ``None``: the block starts one);
     the block's new decimals are added to it.
 
     Raises ``ValueError`` for what version 2 cannot hold: a time or seq outside the
     signed 64-bit range, more than 65,535 symbols in one block; ``table`` is then as it
-    was.
+    was. ``checked``: the caller has had every event through ``_fits`` already.
     """
-    for event in events:
-        _fits(event)
+    if not checked and sum(_fits(event)[1] for event in events) > MAX_BLOCK_BYTES:
+        raise ValueError("tick file version 2 holds at most "
+                         f"{MAX_BLOCK_BYTES:,} bytes in a block")
     if len({event.symbol for event in events}) > 0xFFFF:
         raise ValueError("tick file version 2 holds at most 65,535 symbols in a block")
     table = {} if table is None else table

@@ -274,3 +274,55 @@ def test_the_writer_keeps_blocks_and_tables_within_what_a_reader_takes(
     assert read(path)[0] == many  # the table started afresh whenever it passed 8
     with pytest.raises(ValueError, match="over 10 levels"):
         writer.add(BookSnapshot("BTCUSDT", (("1", "1"),) * 11, (), 1, 1, 1))
+
+
+def test_the_writer_ends_a_block_before_a_reader_would_refuse_its_size(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(blocks, "BLOCK_BYTES_MAX", 20_000)
+    trades = [Trade("BTCUSDT", f"id-{i}-" + "x" * 1000, "1", "1", "buy", i, i)
+              for i in range(40)]
+    writer = BlockWriter(size=1000)
+    encoded = [block for event in trades if (block := writer.add(event)) is not None]
+    encoded.append(writer.flush() or b"")
+    assert len([b for b in encoded if b]) > 1
+    assert all(len(b) <= 20_000 for b in encoded)
+    path = tmp_path / "long-ids.ticks"
+    write_blocks(path, encoded)
+    assert read(path)[0] == trades
+    with pytest.raises(ValueError, match="cannot hold"):
+        writer.add(Trade("BTCUSDT", "x" * 5000, "1", "1", "buy", 1, 1))
+
+
+def test_the_writer_starts_the_table_afresh_before_a_block_would_pass_its_limit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(blocks, "MAX_TABLE", 16)
+
+    def delta(*prices: int) -> BookDelta:
+        return BookDelta("BTCUSDT", tuple((str(p), str(p + 1000)) for p in prices), (), 1, 1,
+                         None)
+
+    first = [delta(1, 2), delta(3, 4)]  # 8 decimals
+    second = [delta(5, 6, 7), delta(8, 9)]  # 10 more: 18 would pass the limit
+    writer = BlockWriter(size=2)
+    encoded = [block for event in first + second if (block := writer.add(event)) is not None]
+    path = tmp_path / "table.ticks"
+    write_blocks(path, encoded)
+    got, reader = read(path)
+    assert got == first + second
+    assert reader.problems == []
+
+
+def test_files_with_long_headers_joined_with_cat_read_as_one(tmp_path: Path) -> None:
+    symbols = [f"S{i:07d}" for i in range(300_000)]  # a header of over three megabytes
+    parts = []
+    for i, part in enumerate((EVERY_KIND, events(20, start=5000))):
+        path = tmp_path / f"part{i}.ticks"
+        with TickWriter(path, symbols=symbols, version=2) as writer:
+            writer.write_all(part)
+        parts.append(path.read_bytes())
+    assert len(parts[0].split(b"\n", 1)[0]) > 3 << 20
+    joined = tmp_path / "joined.ticks"
+    joined.write_bytes(b"".join(parts))
+    got, reader = read(joined)
+    assert got == EVERY_KIND + events(20, start=5000)
+    assert reader.problems == []
