@@ -15,7 +15,7 @@ from feed.events import BookDelta, BookSnapshot, Event, Gap, Trade
 from feed.hub import Hub
 from feed.ingest import ReplaySource
 from replay import sample_path
-from replay.blocks import Block, BlockWriter, Decimals
+from replay.blocks import PREFIX, Block, BlockWriter, Decimals
 from replay.convert import convert
 from replay.tickfile import TickReader
 from tests.test_binance import DATA
@@ -43,11 +43,12 @@ def blocks_of(events: Sequence[Event], size: int) -> Iterator[Block]:
     encoded = [block for event in events if (block := writer.add(event)) is not None]
     if (last := writer.flush()) is not None:
         encoded.append(last)
-    decimals = Decimals()
-    for data in encoded:
-        head = int.from_bytes(data[8:12], "little")
-        yield Block(int.from_bytes(data[4:8], "little"), data[16:16 + head], data[16 + head:],
-                    decimals)
+    data, at, decimals = b"".join(encoded), 0, Decimals()
+    while at < len(data):  # (one add may give two blocks)
+        _, count, head, body = PREFIX.unpack_from(data, at)
+        at += PREFIX.size
+        yield Block(count, data[at:at + head], data[at + head:at + head + body], decimals)
+        at += head + body
 
 
 def compare(events: Sequence[Event], size: int, passes: int = 1) -> Hub:
