@@ -306,10 +306,11 @@ def _check(ok: bool, what: str) -> None:
         raise TickFormatError(what)
 
 
-def _ints(values: object, what: str) -> list[int]:
-    _check(type(values) is list and set(map(type, values)) <= {int},
-           f'"{what}" must be a list of integers')
-    return values  # type: ignore[return-value]
+def _list_of(values: object, types: set[type], error: str) -> list[Any]:
+    """``values``, a JSON list holding only these types; else ``TickFormatError(error)``."""
+    if type(values) is not list or not set(map(type, values)) <= types:
+        raise TickFormatError(error)
+    return values
 
 
 def _below(indices: np.ndarray[Any, Any], limit: int, what: str) -> None:
@@ -338,22 +339,21 @@ class Block:
         _check(type(obj) is dict, "block head is not a JSON object")
         get = obj.get
         self.count = count
-        self.symbols: list[str] = get("sym")
-        _check(type(self.symbols) is list and set(map(type, self.symbols)) <= {str}
-               and "" not in self.symbols and len(set(self.symbols)) == len(self.symbols),
-               '"sym" must be a list of distinct non-empty strings')
-        self.trade_ids: list[int | str] = get("ti")
-        _check(type(self.trade_ids) is list
-               and set(map(type, self.trade_ids)) <= {int, str} and "" not in self.trade_ids,
-               '"ti" must be a list of integers and non-empty strings')
-        self.trade_prices = _ints(get("tp"), "tp")
-        self.trade_sizes = _ints(get("tz"), "tz")
+        bad_symbols = '"sym" must be a list of distinct non-empty strings'
+        self.symbols: list[str] = _list_of(get("sym"), {str}, bad_symbols)
+        _check("" not in self.symbols and len(set(self.symbols)) == len(self.symbols),
+               bad_symbols)
+        bad_ids = '"ti" must be a list of integers and non-empty strings'
+        self.trade_ids: list[int | str] = _list_of(get("ti"), {int, str}, bad_ids)
+        _check("" not in self.trade_ids, bad_ids)
+        self.trade_prices: list[int] = _list_of(get("tp"), {int}, '"tp" must be a list of '
+                                                'integers')
+        self.trade_sizes: list[int] = _list_of(get("tz"), {int}, '"tz" must be a list of '
+                                               'integers')
         self.sides: str = get("side")
         _check(type(self.sides) is str and set(self.sides) <= {"b", "s"},
                '"side" must be a string of "b" and "s"')
-        self.reasons: list[str] = get("r")
-        _check(type(self.reasons) is list and set(map(type, self.reasons)) <= {str},
-               '"r" must be a list of strings')
+        self.reasons: list[str] = _list_of(get("r"), {str}, '"r" must be a list of strings')
         end = count * _BYTES_PER_EVENT
         _check(len(body) >= end and (len(body) - end) % 8 == 0, "block body of the wrong size")
         columns: dict[str, np.ndarray[Any, Any]] = {}
